@@ -1,0 +1,307 @@
+"""A process's place on the bus: its ROUTER, its channels to peers, its inbox.
+
+Each service binds one ROUTER (ipc:// in the runtime dir, or tcp://) where
+peers' DEALERs connect with the peer's name as identity. ROUTER_MANDATORY makes
+a send to a vanished peer an error instead of a silent drop; ROUTER_HANDOVER
+lets a restarted peer take its name back at once.
+
+Inbound events are handled in order per sender ("lanes"); requests run
+concurrently. Durable events are accepted strictly in sequence: a duplicate is
+re-acknowledged and dropped, anything after a gap is dropped until the sender
+goes back to it, and the ack is sent only after the handler has returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import zmq
+import zmq.asyncio
+from anyio.abc import TaskGroup
+from loguru import logger
+
+from protocol.channel import Channel, ChannelPolicy, configure_socket
+from protocol.envelope import (
+    Delivery,
+    Envelope,
+    FrameError,
+    Kind,
+    error_frame,
+    unpack,
+    unpack_delivery,
+)
+from protocol.messages import Message
+from protocol.outbox import Outbox
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Who is where and who wants what: derived from services.toml in one place."""
+
+    endpoints: dict[str, str]
+    subscribers: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Reply:
+    """Where a reply to an inbound frame goes: back through the ROUTER or the channel."""
+
+    def __init__(self, send: Callable[[Envelope], bool]) -> None:
+        self._send = send
+
+    def __call__(self, env: Envelope) -> bool:
+        return self._send(env)
+
+
+class TransientError(Exception):
+    """Raised by a durable handler to refuse an event for now; it will be redelivered."""
+
+
+# The service runtime supplies these two.
+RequestHandler = Callable[[Envelope, Reply], Awaitable[None]]
+EventHandler = Callable[[list[Envelope]], Awaitable[None]]
+
+
+@dataclass
+class _Lane:
+    """In-order processing of one sender's events."""
+
+    items: deque[tuple[Envelope, Delivery | None]] = field(default_factory=deque)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    epoch: str | None = None
+    expected: int = 0  # next durable seq to accept
+    processed: int = 0  # last durable seq whose handler returned: what we acknowledge
+    ident: bytes = b""
+    duplicates: int = 0
+
+
+class Bus:
+    def __init__(
+        self,
+        name: str,
+        topology: Topology,
+        *,
+        bind: bool = True,
+        outbox_path: Path | None = None,
+        policy: ChannelPolicy = ChannelPolicy(),
+        on_request: RequestHandler | None = None,
+        on_events: EventHandler | None = None,
+    ) -> None:
+        self.name = name
+        self.topology = topology
+        self.policy = policy
+        self.ctx = zmq.asyncio.Context()
+        self.channels: dict[str, Channel] = {}
+        self.outbox = Outbox(outbox_path) if outbox_path else None
+        self._on_request = on_request
+        self._on_events = on_events
+        self._lanes: dict[str, _Lane] = {}
+        self._tg: TaskGroup | None = None
+        self.router: zmq.asyncio.Socket | None = None
+        self.rejected = 0
+        self.expired = 0
+        if bind:
+            self.router = self.ctx.socket(zmq.ROUTER)
+            configure_socket(self.router, None, policy.sndhwm)
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            self.router.bind(topology.endpoints[name])
+
+    async def run(self) -> None:
+        """Serve until cancelled; closes every socket on the way out."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for ch in self.channels.values():
+                    tg.start_soon(ch.run)
+                if self.router is not None:
+                    tg.start_soon(self._router_loop)
+        finally:
+            self._tg = None
+            self.close()
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        if self.router is not None:
+            self.router.close(linger=0)
+        if self.outbox is not None:
+            self.outbox.close()
+        self.ctx.term()
+
+    # --- outbound -------------------------------------------------------------------
+
+    def channel(self, peer: str) -> Channel:
+        ch = self.channels.get(peer)
+        if ch is None:
+            endpoint = self.topology.endpoints.get(peer)
+            if endpoint is None:
+                raise KeyError(f"no endpoint for service {peer!r}")
+            ch = Channel(
+                self.ctx,
+                self.name,
+                peer,
+                endpoint,
+                policy=self.policy,
+                outbox=self.outbox,
+                inbound=self._channel_inbound,
+            )
+            self.channels[peer] = ch
+            if self._tg is not None:
+                self._tg.start_soon(ch.run)
+        return ch
+
+    def envelope(self, msg: Message, kind: Kind, dst: str = "") -> Envelope:
+        return Envelope(kind, msg.TYPE, self.name, dst, msg.to_body())
+
+    async def publish(self, msg: Message) -> int:
+        """Send an event to every subscriber; durable ones are on disk when this returns."""
+        subscribers = self.topology.subscribers.get(msg.TYPE, ())
+        for peer in subscribers:
+            env = self.envelope(msg, Kind.EVENT, peer)
+            ch = self.channel(peer)
+            if msg.DURABLE and self.outbox is not None:
+                await ch.send_durable([env])
+            else:
+                ch.send(env)
+        return len(subscribers)
+
+    async def publish_many(self, msgs: list[Message]) -> None:
+        """Durable batch publish: one disk write per subscriber for the whole list."""
+        by_peer: dict[str, list[Envelope]] = {}
+        for msg in msgs:
+            for peer in self.topology.subscribers.get(msg.TYPE, ()):
+                by_peer.setdefault(peer, []).append(self.envelope(msg, Kind.EVENT, peer))
+        for peer, envs in by_peer.items():
+            ch = self.channel(peer)
+            if self.outbox is not None and all(m.DURABLE for m in msgs):
+                await ch.send_durable(envs)
+            else:
+                for env in envs:
+                    ch.send(env)
+
+    async def request(
+        self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0
+    ) -> Envelope:
+        env = self.envelope(msg, Kind.REQUEST, peer)
+        return await self.channel(peer).request(env, timeout=timeout, retries=retries)
+
+    # --- inbound --------------------------------------------------------------------
+
+    async def _channel_inbound(self, env: Envelope, ch: Channel) -> None:
+        """A peer (the supervisor, typically) sent us something on our own DEALER."""
+        self._accept(env, None, ch.peer, b"", Reply(ch.send))
+
+    async def _router_loop(self) -> None:
+        assert self.router is not None
+        router = self.router
+        while True:
+            frames = await router.recv_multipart(copy=True)
+            ident = frames[0]
+            sender = ident.decode("utf-8", "replace")
+            reply = Reply(lambda env, ident=ident: self._router_send(ident, env))
+            if len(frames) not in (2, 3):
+                self._reject(reply, sender, FrameError("malformed", f"{len(frames) - 1} frames"))
+                continue
+            try:
+                env = unpack(frames[1])
+                delivery = unpack_delivery(frames[2]) if len(frames) == 3 else None
+            except FrameError as exc:
+                self._reject(reply, sender, exc)
+                continue
+            self._accept(env, delivery, sender, ident, reply)
+
+    def _router_send(self, ident: bytes, env: Envelope) -> bool:
+        assert self.router is not None
+        try:
+            self.router.send_multipart([ident, env.pack()], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # EHOSTUNREACH (peer gone, ROUTER_MANDATORY) or queue full
+            return False
+
+    def _reject(self, reply: Reply, sender: str, exc: FrameError) -> None:
+        self.rejected += 1
+        logger.warning("rejected frame from {}: {}", sender, exc)
+        reply(error_frame(self.name, sender, exc.reason, exc.detail, exc.corr))
+
+    def _accept(
+        self, env: Envelope, delivery: Delivery | None, sender: str, ident: bytes, reply: Reply
+    ) -> None:
+        if env.deadline is not None and env.deadline < time.time():
+            self.expired += 1  # the caller has given up; answering would be wasted work
+            return
+        if env.kind in (Kind.REQUEST, Kind.CONTROL):
+            if self._on_request is not None and self._tg is not None:
+                self._tg.start_soon(self._on_request, env, reply)
+            return
+        if env.kind not in (Kind.EVENT, Kind.HEARTBEAT):
+            self._reject(reply, sender, FrameError("malformed", f"unexpected kind {env.kind.name}"))
+            return
+        lane = self._lanes.get(sender)
+        if lane is None:
+            lane = self._lanes[sender] = _Lane()
+            assert self._tg is not None
+            self._tg.start_soon(self._lane_worker, sender, lane)
+        if delivery is not None:
+            lane.ident = ident
+            if lane.epoch != delivery.epoch:
+                lane.epoch, lane.expected = delivery.epoch, delivery.acked + 1
+                lane.processed = delivery.acked
+            if delivery.seq < lane.expected:
+                lane.duplicates += 1
+                self._ack(lane)  # the sender missed our ack: say it again
+                return
+            if delivery.seq > lane.expected:
+                return  # a gap: the sender will go back to it
+            lane.expected += 1
+        lane.items.append((env, delivery))
+        lane.wake.set()
+
+    def _ack(self, lane: _Lane) -> None:
+        ack = Envelope(Kind.ACK, "ack", self.name, "", {"epoch": lane.epoch, "seq": lane.processed})
+        self._router_send(lane.ident, ack)
+
+    async def _lane_worker(self, sender: str, lane: _Lane) -> None:
+        while True:
+            await lane.wake.wait()
+            lane.wake = anyio.Event()
+            while lane.items:
+                batch: list[Envelope] = []
+                last: Delivery | None = None
+                first_type = lane.items[0][0].type
+                while lane.items and lane.items[0][0].type == first_type and len(batch) < 500:
+                    env, delivery = lane.items.popleft()
+                    batch.append(env)
+                    last = delivery or last
+                try:
+                    if self._on_events is not None:
+                        await self._on_events(batch)
+                except TransientError as exc:
+                    logger.warning("{} events from {} refused for now: {}", len(batch), sender, exc)
+                    if last is not None:
+                        # Forget what was queued after the batch: it is redelivered in order.
+                        lane.items.clear()
+                        lane.expected = lane.processed + 1
+                    await anyio.sleep(0.2)
+                    continue
+                except Exception:
+                    # A handler bug must not wedge the lane or loop on a poison event.
+                    logger.exception(
+                        "handler failed on {} {} from {}", len(batch), first_type, sender
+                    )
+                if last is not None and lane.epoch == last.epoch:
+                    lane.processed = last.seq
+                    self._ack(lane)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "channels": [ch.snapshot() for ch in self.channels.values()],
+            "rejected": self.rejected,
+            "expired": self.expired,
+            "duplicates": sum(lane.duplicates for lane in self._lanes.values()),
+        }

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Start the bot: the supervisor and every service in services.toml.
+
+python run.py                     run under the supervisor (needs DISCORD_TOKEN)
+python run.py --sandbox           run against the local Discord and OpenAI stand-ins
+python run.py check               validate services.toml and the environment
+python run.py status [--json]     what the running supervisor reports
+python run.py restart SERVICE     restart one service
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "command", nargs="?", default="run", choices=["run", "check", "status", "restart"]
+    )
+    p.add_argument("service", nargs="?", help="for restart: the service to restart")
+    p.add_argument("--config", type=Path, default=HERE / "services.toml")
+    p.add_argument("--data-dir", type=Path, default=None, help="default: ./data")
+    p.add_argument("--env-file", type=Path, default=HERE / ".env")
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--sandbox", action="store_true", help="run against local stand-ins")
+    p.add_argument("--port", type=int, default=8790, help="sandbox: the Discord emulator's port")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    import anyio
+
+    from supervisor import control, logs
+    from supervisor.config import ConfigError, check_environment, load, load_dotenv
+
+    data_dir = args.data_dir or Path("data")
+    if args.command in ("status", "restart"):
+        runtime_dir = data_dir / "run"
+        try:
+            if args.command == "status":
+                data = control.status(runtime_dir)
+                print(json.dumps(data, indent=2) if args.json else control.format_status(data))
+                return 0
+            if not args.service:
+                print("restart: name the service, e.g. python run.py restart llm", file=sys.stderr)
+                return 2
+            data = control.restart(runtime_dir, args.service)
+            print(data["detail"])
+            return 0 if data["ok"] else 1
+        except control.SupervisorUnreachable as exc:
+            print(exc, file=sys.stderr)
+            return 1
+
+    problems = load_dotenv(args.env_file)
+    try:
+        config = load(args.config, data_dir)
+    except ConfigError as exc:
+        problems += exc.problems
+        config = None
+    if config is not None and not args.sandbox:
+        problems += check_environment(config)
+    if args.log_format and config is not None:
+        import dataclasses
+
+        config = dataclasses.replace(
+            config, supervisor=dataclasses.replace(config.supervisor, log_format=args.log_format)
+        )
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    assert config is not None
+    if args.command == "check":
+        print(f"{args.config}: {len(config.enabled)} services configured, environment complete")
+        return 0
+
+    logs.setup(
+        "supervisor",
+        config.supervisor.log_format,
+        config.supervisor.log_dir or config.supervisor.data_dir / "logs",
+    )
+    if args.sandbox:
+        from sandbox.run import run_sandbox
+
+        return anyio.run(run_sandbox, config, args.port)
+    from supervisor.supervisor import Supervisor
+
+    return anyio.run(Supervisor(config).run)
+
+
+if __name__ == "__main__":
+    os.chdir(HERE)
+    sys.exit(main(sys.argv[1:]))

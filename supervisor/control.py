@@ -1,0 +1,76 @@
+"""The operator's side of the control socket: `run.py status` and `run.py restart`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from protocol.bus import Bus, Topology
+from protocol.channel import RemoteError, RequestTimeout
+from protocol.messages import Message, RestartRequest, StatusRequest
+
+
+class SupervisorUnreachable(Exception):
+    pass
+
+
+def ask(runtime_dir: Path, msg: Message, timeout: float = 3.0) -> dict[str, Any]:
+    """Send one request to the running supervisor and return its reply body."""
+    sock = runtime_dir.absolute() / "supervisor.sock"
+    if not sock.exists():
+        raise SupervisorUnreachable(f"no supervisor running (no socket at {sock})")
+    return anyio.run(_ask, sock, msg, timeout)
+
+
+async def _ask(sock: Path, msg: Message, timeout: float) -> dict[str, Any]:
+    bus = Bus(f"cli-{os.getpid()}", Topology({"supervisor": f"ipc://{sock}"}), bind=False)
+    problem: str | None = None
+    body: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run)  # reads the reply; closes the sockets when cancelled
+        try:
+            body = (await bus.request("supervisor", msg, timeout=timeout)).body
+        except RequestTimeout:
+            problem = f"the supervisor did not answer on {sock}"
+        except RemoteError as exc:
+            problem = str(exc)
+        tg.cancel_scope.cancel()
+    if problem is not None:
+        raise SupervisorUnreachable(problem)
+    return body
+
+
+def status(runtime_dir: Path) -> dict[str, Any]:
+    return ask(runtime_dir, StatusRequest())
+
+
+def restart(runtime_dir: Path, service: str) -> dict[str, Any]:
+    return ask(runtime_dir, RestartRequest(service))
+
+
+def format_status(data: dict[str, Any]) -> str:
+    sup = data.get("supervisor", {})
+    lines = [
+        f"supervisor pid {sup.get('pid')}  up {sup.get('uptime_s')}s  "
+        f"rss {sup.get('rss_mb')} MB  ({sup.get('summary')})",
+        f"{'SERVICE':<14}{'STATE':<10}{'PID':>8}{'RESTARTS':>10}{'UPTIME':>10}{'RSS MB':>9}"
+        "  LAST EXIT",
+    ]
+    for s in data.get("services", []):
+        lines.append(
+            f"{s['name']:<14}{s['state']:<10}{s['pid'] or '-':>8}{s['restarts']:>10}"
+            f"{s['uptime_s']:>10}{s['rss_mb'] if s['rss_mb'] is not None else '-':>9}"
+            f"  {s['last_exit'] or '-'}"
+        )
+        for ch in s.get("channels", []):
+            lines.append(
+                f"{'':<14}-> {ch['peer']:<12} breaker {ch['breaker']:<9} sent {ch['sent']} "
+                f"failed {ch['failed']} retried {ch['retried']} dropped {ch['dropped']} "
+                f"unacked {ch['unacked']}"
+            )
+    lines.append(f"(as of {time.strftime('%H:%M:%S')})")
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""The supervisor: keeps each configured service running as its own process.
+
+Generic over the child specs in services.toml (it never special-cases a
+service by name). Per service one task spawns the process, awaits its exit (a
+reaction, not a poll) and asks the state machine what to do next. One monitor
+task looks for hangs (missed heartbeats), memory over the limit and the
+systemd watchdog. Services report on the supervisor's ROUTER; `run.py status`
+and `run.py restart` ask on the same socket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+from anyio.abc import TaskGroup
+from loguru import logger
+
+from protocol.bus import Bus, Reply
+from protocol.envelope import Envelope, Kind
+from protocol.messages import (
+    Heartbeat,
+    MessageError,
+    RestartRequest,
+    ServiceReady,
+    StatusRequest,
+    StopService,
+    decode,
+)
+from supervisor.config import Config
+from supervisor.effects import Child, Effects, OSEffects, child_argv, child_env
+from supervisor.notify import Notifier
+from supervisor.process import ServiceProcess, State
+
+MONITOR_TICK_S = 0.25
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        effects: Effects | None = None,
+        notifier: Notifier | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.effects: Effects = effects or OSEffects()
+        self.notifier = notifier or Notifier()
+        self.extra_env = extra_env or {}
+        self.procs = {s.name: ServiceProcess(s, self.effects.random) for s in config.enabled}
+        self.exit_code = 0
+        self._children: dict[str, Child] = {}
+        self._gone: dict[str, anyio.Event] = {}
+        self._restart_wanted = {name: anyio.Event() for name in self.procs}
+        self._changed = anyio.Event()
+        self._stop = anyio.Event()
+        self._shutting_down = False
+        self._ready_sent = False
+        self._started_at = time.monotonic()
+        self.bus: Bus | None = None
+        self._tg: TaskGroup | None = None
+
+    # --- main -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        runtime = self.config.supervisor.runtime_dir
+        runtime.mkdir(parents=True, exist_ok=True)
+        runtime.chmod(0o700)  # the control socket: only this user may steer the bot
+        self.bus = Bus(
+            "supervisor",
+            self.config.topology(),
+            on_request=self._on_request,
+            on_events=self._on_events,
+        )
+        logger.info("supervisor {} starting {} services", os.getpid(), len(self.procs))
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self.bus.run)
+            tg.start_soon(self._signals)
+            tg.start_soon(self._monitor)
+            for proc in self.procs.values():
+                tg.start_soon(self._keep_alive, proc)
+            await self._stop.wait()
+            self._shutting_down = True
+            self.notifier.stopping()
+            with anyio.CancelScope(shield=True):
+                await self._stop_all()
+            tg.cancel_scope.cancel()
+        self.notifier.close()
+        logger.info("supervisor stopped (exit {})", self.exit_code)
+        return self.exit_code
+
+    def stop(self, exit_code: int = 0) -> None:
+        self.exit_code = self.exit_code or exit_code
+        self._stop.set()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logger.info("{} received: stopping services", signal.Signals(signum).name)
+                self.stop(0)
+
+    def _note_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+        if self._shutting_down:
+            return
+        summary = self.summary()
+        if not self._ready_sent and all(p.state is State.RUNNING for p in self.procs.values()):
+            self._ready_sent = True
+            logger.info("all services running")
+            self.notifier.ready(summary)
+        else:
+            self.notifier.status(summary)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for p in self.procs.values():
+            counts[p.state.value] = counts.get(p.state.value, 0) + 1
+        return ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+
+    # --- one task per service -------------------------------------------------------
+
+    async def _wait_for_dependencies(self, proc: ServiceProcess) -> None:
+        deps = [self.procs[d] for d in proc.spec.after if d in self.procs]
+        while not all(d.state is State.RUNNING for d in deps):
+            await self._changed.wait()
+
+    async def _keep_alive(self, proc: ServiceProcess) -> None:
+        await self._wait_for_dependencies(proc)
+        name = proc.name
+        env = child_env(
+            {
+                **self.extra_env,
+                "BOT_CONFIG": str(self.config.path.resolve()),
+                "BOT_DATA_DIR": str(self.config.supervisor.data_dir.resolve()),
+                "BOT_SUPERVISOR_PID": str(os.getpid()),
+            }
+        )
+        while not self._shutting_down:
+            try:
+                child = await self.effects.spawn(child_argv(name), env, Path.cwd())
+            except OSError as exc:
+                logger.error("{}: cannot start ({})", name, exc)
+                child = None
+            if child is not None:
+                self._children[name] = child
+                self._gone[name] = anyio.Event()
+                proc.spawned(child.pid, self.effects.now())
+                self._note_change()
+                returncode = await child.wait()
+                del self._children[name]
+                self._gone[name].set()
+                decision = proc.exited(returncode, self.effects.now())
+            else:
+                proc.spawned(0, self.effects.now())
+                decision = proc.exited(127, self.effects.now())
+            self._note_change()
+            if self._shutting_down:
+                return
+            if decision is None:
+                if proc.state is State.FATAL:
+                    logger.error("{} is FATAL: {}", name, proc.last_exit)
+                    if proc.spec.critical:
+                        logger.error("{} is critical: stopping everything", name)
+                        self.stop(1)
+                        return
+                await self._restart_wanted[name].wait()
+                self._restart_wanted[name] = anyio.Event()
+                proc.reset_after_manual_start()
+                continue
+            with anyio.move_on_after(decision.delay_s):
+                await self._stop.wait()
+
+    async def _stop_child(self, proc: ServiceProcess, reason: str) -> None:
+        """Ask over the bus, then SIGTERM after the grace, then SIGKILL at the timeout."""
+        child = self._children.get(proc.name)
+        if child is None:
+            proc.stopping(reason)
+            return
+        gone = self._gone[proc.name]
+        proc.stopping(reason)
+        self._note_change()
+        spec = proc.spec
+        assert self.bus is not None
+        stop = Envelope(
+            Kind.CONTROL, StopService.TYPE, "supervisor", proc.name, StopService(reason).to_body()
+        )
+        self.bus._router_send(proc.name.encode(), stop)
+        with anyio.move_on_after(spec.stop_grace_s):
+            await gone.wait()
+        if not gone.is_set():
+            logger.warning("{} did not stop within {}s: SIGTERM", proc.name, spec.stop_grace_s)
+            child.signal(signal.SIGTERM)
+            with anyio.move_on_after(spec.shutdown_timeout_s - spec.stop_grace_s):
+                await gone.wait()
+        if not gone.is_set():
+            logger.warning(
+                "{} did not stop within {}s: SIGKILL", proc.name, spec.shutdown_timeout_s
+            )
+            child.signal(signal.SIGKILL)
+            await gone.wait()
+
+    async def _stop_all(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            await self._stop_child(proc, "shutdown")
+
+    # --- monitor: hangs, memory, watchdog -------------------------------------------
+
+    async def _monitor(self) -> None:
+        next_memory = next_watchdog = 0.0
+        poll = self.config.supervisor.memory_poll_s
+        watchdog = self.notifier.watchdog_interval_s
+        async with anyio.create_task_group() as tg:
+            while True:
+                now = self.effects.now()
+                for proc in self.procs.values():
+                    child = self._children.get(proc.name)
+                    if child is None or proc.state is State.STOPPING:
+                        continue
+                    hung = proc.hung(now)
+                    if hung:
+                        logger.error("{} {}: SIGKILL", proc.name, hung)
+                        proc.stopping("hung")
+                        self._note_change()
+                        child.signal(signal.SIGKILL)
+                    elif now >= next_memory and proc.over_memory(self.effects.rss_mb(child.pid)):
+                        logger.error(
+                            "{} uses {:.0f} MB > limit {:g} MB: restarting",
+                            proc.name,
+                            proc.rss_mb,
+                            proc.spec.memory_limit_mb,
+                        )
+                        tg.start_soon(self._stop_child, proc, "memory")
+                if now >= next_memory:
+                    next_memory = now + poll
+                if watchdog is not None and now >= next_watchdog:
+                    self.notifier.watchdog()
+                    next_watchdog = now + watchdog
+                await anyio.sleep(MONITOR_TICK_S)
+
+    # --- the bus: reports from services, requests from the CLI and services ----------
+
+    async def _on_events(self, batch: list[Envelope]) -> None:
+        now = self.effects.now()
+        for env in batch:
+            proc = self.procs.get(env.src)
+            if proc is None:
+                continue
+            try:
+                msg = decode(env.type, env.body)
+            except MessageError as exc:
+                logger.warning("bad report from {}: {}", env.src, exc)
+                continue
+            if isinstance(msg, ServiceReady | Heartbeat) and msg.pid != proc.pid:
+                continue  # a report from a previous incarnation still in flight
+            if isinstance(msg, ServiceReady):
+                proc.ready(now)
+                self._note_change()
+            elif isinstance(msg, Heartbeat):
+                proc.heartbeat(now)
+                proc.channels = msg.channels
+
+    async def _on_request(self, env: Envelope, reply: Reply) -> None:
+        try:
+            msg = decode(env.type, env.body)
+        except MessageError as exc:
+            reply(env.error("bad_request", str(exc)))
+            return
+        if isinstance(msg, StatusRequest):
+            reply(env.reply(self.status()))
+        elif isinstance(msg, RestartRequest):
+            ok, detail = self.restart(msg.service)
+            reply(env.reply({"ok": ok, "detail": detail}))
+        else:
+            reply(env.error("unknown_type", f"the supervisor does not serve {env.type!r}"))
+
+    def restart(self, name: str) -> tuple[bool, str]:
+        proc = self.procs.get(name)
+        if proc is None:
+            return False, f"no service named {name!r}; known: {', '.join(self.procs)}"
+        if self._shutting_down:
+            return False, "the supervisor is stopping"
+        if proc.state in (State.STARTING, State.RUNNING):
+            assert self._tg is not None
+            logger.info("{}: restart requested", name)
+            self._tg.start_soon(self._stop_child, proc, "restart")
+            return True, f"{name} is restarting"
+        if proc.state in (State.FATAL, State.EXITED):
+            self._restart_wanted[name].set()
+            return True, f"{name} is starting"
+        return False, f"{name} is {proc.state.value}; try again shortly"
+
+    def status(self) -> dict[str, Any]:
+        now = self.effects.now()
+        me = psutil.Process()
+        return {
+            "supervisor": {
+                "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self._started_at, 1),
+                "rss_mb": round(me.memory_info().rss / 1e6, 1),
+                "summary": self.summary(),
+            },
+            "services": [p.status(now) for p in self.procs.values()],
+        }
