@@ -305,3 +305,21 @@ class Bus:
             "expired": self.expired,
             "duplicates": sum(lane.duplicates for lane in self._lanes.values()),
         }
+
+
+async def request_once(
+    name: str, topology: Topology, peer: str, msg: Message, timeout: float = 5.0
+) -> dict[str, Any]:
+    """One request from a short-lived client (the CLI, tests) that owns no ROUTER."""
+    bus = Bus(name, topology, bind=False)
+    outcome: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run)  # reads the reply; closes the sockets when cancelled
+        try:
+            outcome.append((await bus.request(peer, msg, timeout=timeout)).body)
+        except Exception as exc:  # re-raised below, outside the task group's exception group
+            outcome.append(exc)
+        tg.cancel_scope.cancel()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from protocol.bus import Bus, Topology
+from protocol.bus import Topology, request_once
 from protocol.channel import RemoteError, RequestTimeout
 from protocol.messages import Message, RestartRequest, StatusRequest
 
@@ -27,21 +27,13 @@ def ask(runtime_dir: Path, msg: Message, timeout: float = 3.0) -> dict[str, Any]
 
 
 async def _ask(sock: Path, msg: Message, timeout: float) -> dict[str, Any]:
-    bus = Bus(f"cli-{os.getpid()}", Topology({"supervisor": f"ipc://{sock}"}), bind=False)
-    problem: str | None = None
-    body: dict[str, Any] = {}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(bus.run)  # reads the reply; closes the sockets when cancelled
-        try:
-            body = (await bus.request("supervisor", msg, timeout=timeout)).body
-        except RequestTimeout:
-            problem = f"the supervisor did not answer on {sock}"
-        except RemoteError as exc:
-            problem = str(exc)
-        tg.cancel_scope.cancel()
-    if problem is not None:
-        raise SupervisorUnreachable(problem)
-    return body
+    topology = Topology({"supervisor": f"ipc://{sock}"})
+    try:
+        return await request_once(f"cli-{os.getpid()}", topology, "supervisor", msg, timeout)
+    except RequestTimeout:
+        raise SupervisorUnreachable(f"the supervisor did not answer on {sock}") from None
+    except RemoteError as exc:
+        raise SupervisorUnreachable(str(exc)) from None
 
 
 def status(runtime_dir: Path) -> dict[str, Any]:

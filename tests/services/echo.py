@@ -59,5 +59,5 @@ async def misbehave(msg: Misbehave) -> dict:
     if msg.how == "grow":
         _ballast.append(bytearray(msg.mb * 1024 * 1024))
         for b in _ballast:
-            b[:: 4096] = b"\x01" * len(b[:: 4096])  # touch the pages so RSS grows
+            b[::4096] = b"\x01" * len(b[::4096])  # touch the pages so RSS grows
     return {"ok": True}
