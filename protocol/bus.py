@@ -78,6 +78,7 @@ class _Lane:
     processed: int = 0  # last durable seq whose handler returned: what we acknowledge
     ident: bytes = b""
     duplicates: int = 0
+    last_gap_report: float = 0.0
 
 
 class Bus:
@@ -119,6 +120,10 @@ class Bus:
                 self._tg = tg
                 for ch in self.channels.values():
                     tg.start_soon(ch.run)
+                if self.outbox is not None:
+                    for peer in await self.outbox.pending_channels():
+                        if peer in self.topology.endpoints:
+                            self.channel(peer)  # replay what a previous process left unacked
                 if self.router is not None:
                     tg.start_soon(self._router_loop)
         finally:
@@ -257,13 +262,20 @@ class Bus:
                 self._ack(lane)  # the sender missed our ack: say it again
                 return
             if delivery.seq > lane.expected:
-                return  # a gap: the sender will go back to it
+                # A gap (we restarted, and lost what was in flight): ask the sender to
+                # go back now rather than after its retransmit timeout.
+                now = time.monotonic()
+                if now - lane.last_gap_report > 0.05:
+                    lane.last_gap_report = now
+                    self._ack(lane, gap=True)
+                return
             lane.expected += 1
         lane.items.append((env, delivery))
         lane.wake.set()
 
-    def _ack(self, lane: _Lane) -> None:
-        ack = Envelope(Kind.ACK, "ack", self.name, "", {"epoch": lane.epoch, "seq": lane.processed})
+    def _ack(self, lane: _Lane, gap: bool = False) -> None:
+        body = {"epoch": lane.epoch, "seq": lane.processed, "gap": gap}
+        ack = Envelope(Kind.ACK, "ack", self.name, "", body)
         self._router_send(lane.ident, ack)
 
     async def _lane_worker(self, sender: str, lane: _Lane) -> None:

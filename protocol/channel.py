@@ -280,6 +280,11 @@ class Channel:
             self._last_progress = self._clock()
             self.breaker.record_success()
             self._wake.set()
+        if body.get("gap") and self._sent_through > seq:
+            # The receiver lost what followed `seq` (it restarted): go back now.
+            self.counters.retried += self._sent_through - self._acked
+            self._sent_through = self._acked
+            self._wake.set()
 
     # --- durable pump ---------------------------------------------------------------
 

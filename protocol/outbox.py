@@ -99,7 +99,15 @@ class Outbox:
             (channel, after, limit),
         ).fetchall()
 
+    def _pending_channels(self) -> list[str]:
+        rows = self._db.execute("SELECT name FROM channel WHERE last_seq > acked").fetchall()
+        return [r[0] for r in rows]
+
     # --- async API ------------------------------------------------------------------
+
+    async def pending_channels(self) -> list[str]:
+        """Receivers that still have unacknowledged events (replayed at start-up)."""
+        return await self._run(self._pending_channels)
 
     async def state(self, channel: str) -> tuple[int, int]:
         """(last sequence written, highest sequence acknowledged) of a channel."""

@@ -22,8 +22,6 @@ async def open_store() -> None:
     assert service.ctx is not None
     _db = sqlite3.connect(service.ctx.data_dir / f"{service.ctx.name}-items.sqlite3")
     _db.execute("CREATE TABLE IF NOT EXISTS item (n INTEGER PRIMARY KEY, handled INTEGER)")
-    if os.environ.get("ECHO_SLOW_START"):
-        time.sleep(float(os.environ["ECHO_SLOW_START"]))
 
 
 @service.event(Item, batch=True)
@@ -55,7 +53,7 @@ async def misbehave(msg: Misbehave) -> dict:
     if msg.how == "crash":
         os._exit(3)
     if msg.how == "hang":
-        time.sleep(3600)  # deliberately blocks the event loop: heartbeats stop
+        time.sleep(3600)  # noqa: ASYNC251 - deliberately blocks the event loop: heartbeats stop
     if msg.how == "grow":
         _ballast.append(bytearray(msg.mb * 1024 * 1024))
         for b in _ballast:
