@@ -1,0 +1,668 @@
+"""The v10 REST routes a py-cord bot uses, with Discord's auth, errors and rate limits.
+
+One middleware does what Discord's edge does for every ``/api/`` call: parse the body (JSON
+or multipart ``payload_json`` + ``files[n]``), check ``Authorization: Bot <token>`` (webhook
+and interaction-callback routes carry their token in the URL instead), apply the rate-limit
+buckets, turn errors into Discord's JSON, and record ``{t, method, path, status, route,
+query}`` for ``GET /_sandbox/requests``. Every response is ``Content-Type: application/json``
+exactly (py-cord does not parse ``application/json; charset=utf-8``).
+
+Buckets: message send+edit 5 per 5 s per channel; channel rename (name/topic) 2 per 600 s
+per channel; everything else 50 per second per route and major id; 50 per second globally.
+A 429 carries ``Via: 1.1 google`` and ``{message, retry_after, global}`` (py-cord only
+retries such 429s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .gateway import Gateway
+from .ratelimit import Clock, Decision, RateLimiter
+from .world import TEXT, Interaction, Message, NotFound, World, WorldError
+
+API_PREFIX = "/api/v10"
+CATCH_ALL = "/{tail}"
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The parsed JSON body (or ``payload_json``) and the uploaded files, set by the middleware.
+BODY: web.RequestKey[Any] = web.RequestKey("body", object)
+FILES: web.RequestKey[list[dict[str, Any]]] = web.RequestKey("files", list)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """JSON with the exact Content-Type py-cord compares against."""
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def discord_error(status: int, message: str, code: int = 0) -> web.Response:
+    return json_response({"message": message, "code": code}, status)
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+class RestApi:
+    """Route handlers plus the edge middleware; state lives in the shared World."""
+
+    def __init__(
+        self,
+        world: World,
+        gateway: Gateway,
+        clock: Clock,
+        token: Callable[[], str],
+        gateway_url: Callable[[], str],
+        *,
+        global_limit: int | None = 50,
+    ) -> None:
+        self.world = world
+        self.gateway = gateway
+        self.clock = clock
+        self._token = token
+        self._gateway_url = gateway_url
+        self.global_limit = global_limit
+        self.limits = RateLimiter(clock)
+        self.requests: deque[dict[str, Any]] = deque(maxlen=100_000)
+        self.started_at = clock.now()
+
+    # ---- edge ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical.removeprefix(API_PREFIX) if resource is not None else None
+        if route == CATCH_ALL:
+            route = None
+        response = await self._edge(request, handler, route)
+        self.requests.append(
+            {
+                "t": round(self.clock.now() - self.started_at, 6),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "route": route,
+                "query": request.query_string,
+            }
+        )
+        return response
+
+    async def _edge(
+        self, request: web.Request, handler: Handler, route: str | None
+    ) -> web.StreamResponse:
+        if route is None or request.match_info.http_exception is not None:
+            exc = request.match_info.http_exception
+            if exc is not None and exc.status == 405:
+                return discord_error(405, "405: Method Not Allowed")
+            return discord_error(404, "404: Not Found")
+        webhook = route.startswith(("/interactions/", "/webhooks/"))
+        if not webhook and request.headers.get("Authorization") != f"Bot {self._token()}":
+            return discord_error(401, "401: Unauthorized")
+        try:
+            request[BODY], request[FILES] = await _read_body(request)
+        except ValueError:
+            return discord_error(400, "The request body contains invalid JSON.", 50109)
+        decision = None
+        if not webhook:
+            if self.global_limit is not None:
+                glob = self.limits.hit("global", self.global_limit, 1.0, scope="global")
+                if not glob.allowed:
+                    return self._too_many(glob)
+            decision = self._bucket(request, route)
+            if not decision.allowed:
+                return self._too_many(decision)
+        try:
+            response = await handler(request)
+        except WorldError as exc:
+            response = discord_error(exc.status, exc.message, exc.code)
+        except Exception:  # a bug here must look like a Discord 500, not kill the request
+            log.exception("REST %s %s failed", request.method, request.path)
+            response = discord_error(500, "500: Internal Server Error")
+        if decision is not None:
+            response.headers.update(decision.headers(self.clock))
+        return response
+
+    def _bucket(self, request: web.Request, route: str) -> Decision:
+        mi = request.match_info
+        method = request.method
+        body = request[BODY]
+        if (method == "POST" and route == "/channels/{channel_id}/messages") or (
+            method == "PATCH" and route == "/channels/{channel_id}/messages/{message_id}"
+        ):
+            return self.limits.hit(f"messages:{mi['channel_id']}", 5, 5.0)
+        if (
+            method == "PATCH"
+            and route == "/channels/{channel_id}"
+            and isinstance(body, dict)
+            and ("name" in body or "topic" in body)
+        ):
+            return self.limits.hit(f"channel-rename:{mi['channel_id']}", 2, 600.0)
+        major = mi.get("channel_id") or mi.get("guild_id") or ""
+        return self.limits.hit(f"{method} {route}:{major}", 50, 1.0)
+
+    def _too_many(self, decision: Decision) -> web.Response:
+        is_global = decision.scope == "global"
+        retry_after = round(max(decision.reset_after, 0.001), 3)
+        headers = decision.headers(self.clock)
+        headers.update(
+            {
+                "Via": "1.1 google",
+                "Retry-After": str(int(retry_after) + 1),
+                "X-RateLimit-Scope": decision.scope,
+            }
+        )
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
+        body = {
+            "message": "You are being rate limited.",
+            "retry_after": retry_after,
+            "global": is_global,
+            "code": 0,
+        }
+        return json_response(body, 429, headers)
+
+    # ---- routes --------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        p = API_PREFIX
+        r = app.router
+        r.add_get(p + "/users/@me", self.get_me)
+        r.add_get(p + "/users/{user_id:\\d+}", self.get_user)
+        r.add_get(p + "/gateway", self.get_gateway)
+        r.add_get(p + "/gateway/bot", self.get_gateway_bot)
+        r.add_get(p + "/soundboard-default-sounds", self.empty_list)
+        r.add_get(p + "/sticker-packs", self.sticker_packs)
+        # application commands: global and guild scope share handlers
+        for base in (
+            "/applications/{app_id}/commands",
+            "/applications/{app_id}/guilds/{guild_id}/commands",
+        ):
+            r.add_get(p + base, self.get_commands)
+            r.add_put(p + base, self.put_commands)
+            r.add_post(p + base, self.post_command)
+            r.add_patch(p + base + "/{command_id}", self.post_command)
+            r.add_delete(p + base + "/{command_id}", self.delete_command)
+        # channels and messages
+        r.add_get(p + "/channels/{channel_id}", self.get_channel)
+        r.add_patch(p + "/channels/{channel_id}", self.patch_channel)
+        r.add_post(p + "/channels/{channel_id}/typing", self.typing)
+        r.add_get(p + "/channels/{channel_id}/messages", self.list_messages)
+        r.add_post(p + "/channels/{channel_id}/messages", self.send_message)
+        r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self.get_message)
+        r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self.edit_message)
+        r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self.delete_message)
+        # guild
+        g = p + "/guilds/{guild_id}"
+        r.add_get(g, self.get_guild)
+        r.add_get(g + "/channels", self.guild_channels)
+        r.add_post(g + "/channels", self.create_channel)
+        r.add_get(g + "/roles", self.guild_roles)
+        r.add_get(g + "/members", self.list_members)
+        r.add_get(g + "/members/{user_id}", self.get_member)
+        r.add_delete(g + "/members/{user_id}", self.kick_member)
+        r.add_get(g + "/bans", self.list_bans)
+        r.add_get(g + "/bans/{user_id}", self.get_ban)
+        r.add_put(g + "/bans/{user_id}", self.put_ban)
+        r.add_delete(g + "/bans/{user_id}", self.delete_ban)
+        # interactions and their webhooks
+        r.add_post(p + "/interactions/{interaction_id}/{token}/callback", self.callback)
+        w = p + "/webhooks/{app_id}/{token}"
+        r.add_post(w, self.followup)
+        r.add_get(w + "/messages/{message_id}", self.get_webhook_message)
+        r.add_patch(w + "/messages/{message_id}", self.edit_webhook_message)
+        r.add_delete(w + "/messages/{message_id}", self.delete_webhook_message)
+        r.add_route("*", p + CATCH_ALL.replace("}", ":.*}"), self.not_found)
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return discord_error(404, "404: Not Found")
+
+    async def empty_list(self, request: web.Request) -> web.Response:
+        return json_response([])
+
+    async def sticker_packs(self, request: web.Request) -> web.Response:
+        return json_response({"sticker_packs": []})
+
+    async def get_me(self, request: web.Request) -> web.Response:
+        world = self.world
+        user = world.user_payload(world.users[world.bot_user_id])
+        user.update(verified=True, mfa_enabled=False, flags=0, locale="en-US")
+        return json_response(user)
+
+    async def get_user(self, request: web.Request) -> web.Response:
+        return json_response(
+            self.world.user_payload(self.world.user(request.match_info["user_id"]))
+        )
+
+    async def get_gateway(self, request: web.Request) -> web.Response:
+        return json_response({"url": self._gateway_url()})
+
+    async def get_gateway_bot(self, request: web.Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+        return json_response(
+            {"url": self._gateway_url(), "shards": 1, "session_start_limit": limit}
+        )
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def _scope(self, request: web.Request) -> str:
+        if request.match_info["app_id"] != self.world.bot_user_id:
+            raise NotFound("Unknown Application", 10002)
+        guild_id = request.match_info.get("guild_id")
+        if guild_id is None:
+            return "global"
+        self._guild(guild_id)
+        return guild_id
+
+    async def get_commands(self, request: web.Request) -> web.Response:
+        return json_response(self.world.commands.get(self._scope(request), []))
+
+    async def put_commands(self, request: web.Request) -> web.Response:
+        body = request[BODY]
+        if not isinstance(body, list):
+            raise WorldError("Expected a list of commands")
+        return json_response(self.world.set_commands(self._scope(request), body))
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        body = _require_dict(request[BODY])
+        scope = self._scope(request)
+        if "command_id" in request.match_info:
+            existing = [
+                c
+                for c in self.world.commands.get(scope, [])
+                if c["id"] == request.match_info["command_id"]
+            ]
+            if not existing:
+                raise NotFound("Unknown application command", 10063)
+            body = {**existing[0], **body}
+        return json_response(self.world.upsert_command(scope, body), 201)
+
+    async def delete_command(self, request: web.Request) -> web.Response:
+        self.world.delete_command(self._scope(request), request.match_info["command_id"])
+        return no_content()
+
+    # ---- channels and messages -----------------------------------------------------------
+
+    async def get_channel(self, request: web.Request) -> web.Response:
+        return json_response(
+            self.world.channel_payload(self.world.channel(request.match_info["channel_id"]))
+        )
+
+    async def patch_channel(self, request: web.Request) -> web.Response:
+        channel = self.world.channel(request.match_info["channel_id"])
+        self.world.update_channel(channel, _require_dict(request[BODY]))
+        return json_response(self.world.channel_payload(channel))
+
+    async def typing(self, request: web.Request) -> web.Response:
+        self.world.channel(request.match_info["channel_id"])
+        return no_content()
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        msgs = self.world.channel_messages(request.match_info["channel_id"])
+        q = request.query
+        try:
+            limit = min(max(int(q.get("limit", "50")), 1), 100)
+            before = int(q["before"]) if "before" in q else None
+            after = int(q["after"]) if "after" in q else None
+        except ValueError:
+            raise WorldError("Invalid Form Body") from None
+        if before is not None:
+            msgs = [m for m in msgs if int(m.id) < before]
+        if after is not None:
+            msgs = [m for m in msgs if int(m.id) > after][:limit]
+        msgs = msgs[-limit:]
+        return json_response([self.world.message_payload(m) for m in reversed(msgs)])
+
+    async def send_message(self, request: web.Request) -> web.Response:
+        body = _require_dict(request[BODY])
+        channel_id = request.match_info["channel_id"]
+        self.world.channel(channel_id)
+        msg = self._new_message(channel_id, body, request[FILES])
+        return json_response(self.world.message_payload(msg))
+
+    def _new_message(
+        self,
+        channel_id: str,
+        body: dict[str, Any],
+        files: list[dict[str, Any]],
+        *,
+        interaction: Interaction | None = None,
+        extra_flags: int = 0,
+    ) -> Message:
+        content = body.get("content")
+        content = "" if content is None else str(content)
+        if len(content) > 2000:
+            raise WorldError("Invalid Form Body: content must be 2000 or fewer in length.")
+        embeds = body.get("embeds") or ([body["embed"]] if body.get("embed") else [])
+        if not isinstance(embeds, list):
+            raise WorldError("Invalid Form Body: embeds must be a list")
+        components = body.get("components") or []
+        if not (content or embeds or files or components or body.get("sticker_ids")):
+            raise WorldError("Cannot send an empty message", 50006)
+        reply_to = None
+        ref = body.get("message_reference")
+        if isinstance(ref, dict) and ref.get("message_id") is not None:
+            reply_to = str(ref["message_id"])
+            if reply_to not in self.world.messages:
+                if ref.get("fail_if_not_exists", True):
+                    raise WorldError("Invalid Form Body: Unknown message", 50035)
+                reply_to = None
+        flags = body.get("flags") if isinstance(body.get("flags"), int) else 0
+        return self.world.post_message(
+            channel_id,
+            self.world.bot_user_id,
+            content,
+            embeds=embeds,
+            attachments=files,
+            components=components,
+            allowed_mentions=body.get("allowed_mentions"),
+            reply_to_id=reply_to,
+            tts=bool(body.get("tts", False)),
+            flags=flags | extra_flags,
+            interaction_id=interaction.id if interaction else None,
+            webhook_id=self.world.bot_user_id if interaction else None,
+        )
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        msg = self.world.message(mi["message_id"], mi["channel_id"])
+        return json_response(self.world.message_payload(msg))
+
+    async def edit_message(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        msg = self.world.message(mi["message_id"], mi["channel_id"])
+        body = _require_dict(request[BODY])
+        if msg.author_id != self.world.bot_user_id and set(body) - {"flags"}:
+            raise _Forbidden("Cannot edit a message authored by another user", 50005)
+        if request[FILES]:
+            msg.attachments = list(request[FILES])
+        self.world.edit_message(msg, body)
+        return json_response(self.world.message_payload(msg))
+
+    async def delete_message(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        self.world.delete_message(self.world.message(mi["message_id"], mi["channel_id"]))
+        return no_content()
+
+    # ---- guild ---------------------------------------------------------------------------
+
+    def _guild(self, guild_id: str) -> None:
+        if guild_id != self.world.guild_id:
+            raise NotFound("Unknown Guild", 10004)
+
+    async def get_guild(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        data = self.world.guild_payload()
+        if request.query.get("with_counts") in ("true", "1", "True"):
+            online = sum(1 for m in self.world.members.values() if m.status != "offline")
+            data["approximate_presence_count"] = online
+        return json_response(data)
+
+    async def guild_channels(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        return json_response([self.world.channel_payload(c) for c in self.world.channels.values()])
+
+    async def create_channel(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        body = _require_dict(request[BODY])
+        kind = body.get("type", TEXT)
+        parent = body.get("parent_id")
+        channel = self.world.create_channel(
+            body.get("name"),  # type: ignore[arg-type]  # validated by the world
+            kind if isinstance(kind, int) else -1,
+            topic=body.get("topic") if isinstance(body.get("topic"), str) else None,
+            parent_id=str(parent) if parent is not None else None,
+        )
+        return json_response(self.world.channel_payload(channel), 201)
+
+    async def guild_roles(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        return json_response(list(self.world.roles.values()))
+
+    async def list_members(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        try:
+            limit = min(max(int(request.query.get("limit", "1")), 1), 1000)
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            raise WorldError("Invalid Form Body") from None
+        ids = sorted((uid for uid in self.world.members if int(uid) > after), key=int)[:limit]
+        return json_response([self.world.member_payload(uid) for uid in ids])
+
+    async def get_member(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        return json_response(self.world.member_payload(request.match_info["user_id"]))
+
+    async def kick_member(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        self.world.remove_member(request.match_info["user_id"])
+        return no_content()
+
+    def _ban_payload(self, user_id: str) -> dict[str, Any]:
+        return {
+            "reason": self.world.bans[user_id],
+            "user": self.world.user_payload(self.world.users[user_id]),
+        }
+
+    async def list_bans(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        return json_response([self._ban_payload(uid) for uid in self.world.bans])
+
+    async def get_ban(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        uid = request.match_info["user_id"]
+        if uid not in self.world.bans:
+            raise NotFound("Unknown Ban", 10026)
+        return json_response(self._ban_payload(uid))
+
+    async def put_ban(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        reason = request.headers.get("X-Audit-Log-Reason")
+        self.world.ban(request.match_info["user_id"], reason)
+        return no_content()
+
+    async def delete_ban(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        self.world.unban(request.match_info["user_id"])
+        return no_content()
+
+    # ---- interactions --------------------------------------------------------------------
+
+    def _record(
+        self,
+        inter: Interaction,
+        kind: str,
+        rtype: int | None,
+        msg: Message | None,
+        data: dict[str, Any],
+    ) -> None:
+        flags = (
+            msg.flags
+            if msg is not None
+            else data.get("flags", 0)
+            if isinstance(data.get("flags"), int)
+            else 0
+        )
+        inter.responses.append(
+            {
+                "kind": kind,
+                "type": rtype,
+                "content": msg.content if msg is not None else data.get("content"),
+                "embeds": list(msg.embeds) if msg is not None else data.get("embeds") or [],
+                "flags": flags,
+                "ephemeral": bool(flags & 64),
+                "message_id": msg.id if msg is not None else None,
+                "t": round(self.clock.now() - self.started_at, 6),
+            }
+        )
+
+    async def callback(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        inter = self.world.interaction(mi["interaction_id"])
+        if inter.token != mi["token"]:
+            raise NotFound("Unknown interaction", 10062)
+        if inter.acknowledged:
+            raise WorldError("Interaction has already been acknowledged.", 40060)
+        body = _require_dict(request[BODY])
+        rtype = body.get("type")
+        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        if rtype not in (1, 4, 5, 6, 7, 8, 9, 10, 12):
+            raise WorldError("Invalid Form Body: type is not a valid interaction callback type")
+        inter.acknowledged = True
+        ephemeral = bool(isinstance(data.get("flags"), int) and data["flags"] & 64)
+        msg = None
+        if rtype == 4:
+            msg = self._new_message(inter.channel_id, data, request[FILES], interaction=inter)
+            inter.original_message_id = msg.id
+        elif rtype == 5:
+            inter.deferred_flags = 64 if ephemeral else 0
+        self._record(inter, "callback", rtype, msg, data)
+        if request.query.get("with_response") not in ("true", "True", "1"):
+            return no_content()
+        result: dict[str, Any] = {
+            "interaction": {
+                "id": inter.id,
+                "type": 2,
+                "activity_instance_id": None,
+                "response_message_id": msg.id if msg else None,
+                "response_message_loading": rtype == 5,
+                "response_message_ephemeral": ephemeral,
+            },
+            "resource": {"type": rtype},
+        }
+        if msg is not None:
+            result["resource"]["message"] = self.world.message_payload(msg)
+        return json_response(result)
+
+    def _webhook_interaction(self, request: web.Request) -> Interaction:
+        if request.match_info["app_id"] != self.world.bot_user_id:
+            raise NotFound("Unknown Webhook", 10015)
+        return self.world.interaction_by_token(request.match_info["token"])
+
+    async def followup(self, request: web.Request) -> web.Response:
+        inter = self._webhook_interaction(request)
+        body = _require_dict(request[BODY])
+        deferred = inter.deferred_flags
+        first_after_defer = deferred is not None and inter.original_message_id is None
+        msg = self._new_message(
+            inter.channel_id,
+            body,
+            request[FILES],
+            interaction=inter,
+            extra_flags=deferred if first_after_defer else 0,
+        )
+        if first_after_defer:
+            inter.original_message_id = msg.id
+        self._record(inter, "followup", None, msg, body)
+        if request.query.get("wait") in ("1", "true", "True"):
+            return json_response(self.world.message_payload(msg))
+        return no_content()
+
+    def _webhook_message(self, inter: Interaction, message_id: str) -> Message:
+        if message_id == "@original":
+            if inter.original_message_id is None:
+                raise NotFound("Unknown Message", 10008)
+            message_id = inter.original_message_id
+        msg = self.world.message(message_id)
+        if msg.interaction_id != inter.id:
+            raise NotFound("Unknown Message", 10008)
+        return msg
+
+    async def get_webhook_message(self, request: web.Request) -> web.Response:
+        inter = self._webhook_interaction(request)
+        msg = self._webhook_message(inter, request.match_info["message_id"])
+        return json_response(self.world.message_payload(msg))
+
+    async def edit_webhook_message(self, request: web.Request) -> web.Response:
+        inter = self._webhook_interaction(request)
+        body = _require_dict(request[BODY])
+        mid = request.match_info["message_id"]
+        deferred = inter.deferred_flags
+        if mid == "@original" and inter.original_message_id is None and deferred is not None:
+            # editing the "thinking..." placeholder of a deferred response creates the message
+            msg = self._new_message(
+                inter.channel_id, body, request[FILES], interaction=inter, extra_flags=deferred
+            )
+            inter.original_message_id = msg.id
+        else:
+            msg = self._webhook_message(inter, mid)
+            self.world.edit_message(msg, body)
+        self._record(inter, "edit", None, msg, body)
+        return json_response(self.world.message_payload(msg))
+
+    async def delete_webhook_message(self, request: web.Request) -> web.Response:
+        inter = self._webhook_interaction(request)
+        msg = self._webhook_message(inter, request.match_info["message_id"])
+        self.world.delete_message(msg)
+        self._record(inter, "delete", None, None, {"content": None})
+        return no_content()
+
+
+class _Forbidden(WorldError):
+    status = 403
+
+
+def _require_dict(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise WorldError("Invalid Form Body: expected a JSON object")
+    return body
+
+
+_FILE_FIELD = re.compile(r"files\[(\d+)\]")
+
+
+async def _read_body(request: web.Request) -> tuple[Any, list[dict[str, Any]]]:
+    """The JSON body and uploaded files, from JSON or multipart; ValueError if malformed."""
+    if request.method in ("GET", "HEAD", "DELETE") or not request.body_exists:
+        return None, []
+    if request.content_type.startswith("multipart/"):
+        body: Any = {}
+        files: list[dict[str, Any]] = []
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "payload_json":  # type: ignore[union-attr]
+                body = json.loads(await part.text())  # type: ignore[union-attr]
+            elif part.name and _FILE_FIELD.fullmatch(part.name):  # type: ignore[union-attr]
+                data = await part.read()  # type: ignore[union-attr]
+                files.append({"index": len(files), "filename": part.filename, "size": len(data)})  # type: ignore[union-attr]
+        attachments = body.get("attachments") if isinstance(body, dict) else None
+        out = []
+        for i, f in enumerate(files):
+            meta = attachments[i] if isinstance(attachments, list) and i < len(attachments) else {}
+            aid = str(1000 + i)
+            out.append(
+                {
+                    "id": aid,
+                    "filename": f["filename"] or f"file{i}",
+                    "description": meta.get("description") if isinstance(meta, dict) else None,
+                    "size": f["size"],
+                    "url": f"https://cdn.sandbox.invalid/attachments/{aid}/{f['filename']}",
+                    "proxy_url": f"https://media.sandbox.invalid/attachments/{aid}/{f['filename']}",
+                    "content_type": "application/octet-stream",
+                }
+            )
+        return body, out
+    if request.content_type == "application/x-www-form-urlencoded":
+        # aiohttp's FormData without files (e.g. an interaction callback) is urlencoded
+        form = await request.post()
+        payload = form.get("payload_json")
+        return (json.loads(payload) if isinstance(payload, str) else None), []
+    raw = await request.read()
+    if not raw:
+        return None, []
+    return json.loads(raw), []

@@ -1,0 +1,720 @@
+"""The sandbox guild: its state, the operations on it, and the Discord payloads it renders.
+
+Both the REST routes (what the bot does) and the control API (what a test makes users do)
+change the world only through the methods here, so both sides see the same state and every
+change emits the gateway event real Discord would send. The world does not know about
+websockets: it hands each event to ``self.dispatch(event_name, payload)``, which the
+emulator wires to the gateway.
+
+Ids are deterministic snowflakes (a fixed timestamp plus a counter), so a fresh world has the
+same ids on every start: guild, roles, bot, alice, bob, then the channels in order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DISCORD_EPOCH_MS = 1420070400000
+#: 2024-01-01T00:00:00Z: the fixed timestamp inside every sandbox snowflake.
+BASE_TIME_MS = 1704067200000
+
+PERM_ADMINISTRATOR = 1 << 3
+#: Roughly what Discord gives @everyone in a new guild (view, send, history, connect, ...).
+PERM_EVERYONE = 1071698660929
+PERM_ALL = (1 << 51) - 1
+
+STATUSES = ("online", "idle", "dnd", "offline")
+TEXT, VOICE, CATEGORY = 0, 2, 4
+
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+
+
+class WorldError(Exception):
+    """A request the world refuses; ``status`` and ``code`` follow Discord's error JSON."""
+
+    status = 400
+
+    def __init__(self, message: str, code: int = 50035) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class NotFound(WorldError):
+    """An unknown id (Discord answers 404 with a specific ``code``, e.g. 10003)."""
+
+    status = 404
+
+
+def iso_now() -> str:
+    """Discord timestamps are ISO-8601 with an explicit UTC offset."""
+    return datetime.now(UTC).isoformat()
+
+
+class Snowflakes:
+    """Deterministic snowflake ids: a fixed timestamp in the high bits, a counter below."""
+
+    def __init__(self, base_ms: int = BASE_TIME_MS) -> None:
+        self._prefix = (base_ms - DISCORD_EPOCH_MS) << 22
+        self._counter = 0
+
+    def next(self) -> str:
+        self._counter += 1
+        return str(self._prefix + self._counter)
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    bot: bool = False
+
+
+@dataclass
+class Member:
+    user_id: str
+    roles: list[str]
+    joined_at: str
+    status: str = "offline"
+    activities: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Channel:
+    id: str
+    name: str
+    type: int
+    position: int
+    topic: str | None = None
+    parent_id: str | None = None
+    last_message_id: str | None = None
+    #: The name it was created with: counter channels get renamed, lookups should not break.
+    key: str = ""
+
+
+@dataclass
+class Message:
+    id: str
+    channel_id: str
+    author_id: str
+    content: str
+    timestamp: str
+    embeds: list[Any] = field(default_factory=list)
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    components: list[Any] = field(default_factory=list)
+    allowed_mentions: Any = None
+    reply_to_id: str | None = None
+    edited_at: str | None = None
+    tts: bool = False
+    flags: int = 0
+    interaction_id: str | None = None
+    webhook_id: str | None = None
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & 64)
+
+
+@dataclass
+class Interaction:
+    id: str
+    token: str
+    channel_id: str
+    user_id: str
+    name: str
+    command_id: str
+    options: list[dict[str, Any]]
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    original_message_id: str | None = None
+    acknowledged: bool = False
+    #: Set by a deferred (type 5) response: the flags the eventual message will carry.
+    deferred_flags: int | None = None
+
+
+class World:
+    """One guild with a bot, alice (owner, administrator), bob and the usual channels."""
+
+    def __init__(self, *, guild_name: str = "Sandbox", bot_name: str = "sandbox-bot") -> None:
+        self.ids = Snowflakes()
+        self.dispatch: Callable[[str, dict[str, Any]], None] = lambda event, data: None
+        self.guild_id = self.ids.next()
+        self.guild_name = guild_name
+        self.admin_role_id = self.ids.next()
+        self.roles: dict[str, dict[str, Any]] = {
+            self.guild_id: _role(self.guild_id, "@everyone", 0, PERM_EVERYONE),
+            self.admin_role_id: _role(self.admin_role_id, "Admin", 1, PERM_ADMINISTRATOR),
+        }
+        self.users: dict[str, User] = {}
+        self.members: dict[str, Member] = {}
+        self.bot_user_id = self._add_user(bot_name, bot=True, status="online").id
+        self.owner_id = self._add_user("alice", roles=[self.admin_role_id], status="online").id
+        self._add_user("bob", status="online")
+        self.channels: dict[str, Channel] = {}
+        for name, kind in (
+            ("general", TEXT),
+            ("admin", TEXT),
+            ("stats", TEXT),
+            ("Members", VOICE),
+            ("Online", VOICE),
+            ("Bans", VOICE),
+        ):
+            self._add_channel(name, kind)
+        self.messages: dict[str, Message] = {}
+        self.bans: dict[str, str | None] = {}
+        #: Application commands by scope: "global" or a guild id.
+        self.commands: dict[str, list[dict[str, Any]]] = {}
+        self.interactions: dict[str, Interaction] = {}
+        self.interactions_by_token: dict[str, str] = {}
+
+    # ---- lookups -------------------------------------------------------------------------
+
+    def channel_id(self, name: str) -> str:
+        """The id of the channel called (or first created as) ``name``; KeyError if none."""
+        for channel in self.channels.values():
+            if channel.name == name:
+                return channel.id
+        for channel in self.channels.values():
+            if channel.key == name:
+                return channel.id
+        raise KeyError(name)
+
+    def user_id(self, username: str) -> str:
+        """The id of the user called ``username`` (KeyError if there is none)."""
+        for user in self.users.values():
+            if user.username == username:
+                return user.id
+        raise KeyError(username)
+
+    def channel(self, channel_id: str) -> Channel:
+        try:
+            return self.channels[channel_id]
+        except KeyError:
+            raise NotFound("Unknown Channel", 10003) from None
+
+    def user(self, user_id: str) -> User:
+        try:
+            return self.users[user_id]
+        except KeyError:
+            raise NotFound("Unknown User", 10013) from None
+
+    def member(self, user_id: str) -> Member:
+        try:
+            return self.members[user_id]
+        except KeyError:
+            raise NotFound("Unknown Member", 10007) from None
+
+    def message(self, message_id: str, channel_id: str | None = None) -> Message:
+        msg = self.messages.get(message_id)
+        if msg is None or (channel_id is not None and msg.channel_id != channel_id):
+            raise NotFound("Unknown Message", 10008)
+        return msg
+
+    def interaction(self, interaction_id: str) -> Interaction:
+        try:
+            return self.interactions[interaction_id]
+        except KeyError:
+            raise NotFound("Unknown interaction", 10062) from None
+
+    def interaction_by_token(self, token: str) -> Interaction:
+        try:
+            return self.interactions[self.interactions_by_token[token]]
+        except KeyError:
+            raise NotFound("Unknown Webhook", 10015) from None
+
+    def channel_messages(self, channel_id: str) -> list[Message]:
+        """Visible (non-ephemeral) messages of a channel, oldest first."""
+        self.channel(channel_id)
+        return [m for m in self.messages.values() if m.channel_id == channel_id and not m.ephemeral]
+
+    def permissions(self, user_id: str) -> int:
+        """Effective guild permissions: owner and administrators get every bit."""
+        member = self.member(user_id)
+        perms = 0
+        for role_id in [self.guild_id, *member.roles]:
+            perms |= int(self.roles[role_id]["permissions"])
+        if user_id == self.owner_id or perms & PERM_ADMINISTRATOR:
+            return PERM_ALL
+        return perms
+
+    # ---- operations (each emits the gateway event Discord would) -------------------------
+
+    def post_message(
+        self,
+        channel_id: str,
+        author_id: str,
+        content: str,
+        *,
+        embeds: list[Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        components: list[Any] | None = None,
+        allowed_mentions: Any = None,
+        reply_to_id: str | None = None,
+        tts: bool = False,
+        flags: int = 0,
+        interaction_id: str | None = None,
+        webhook_id: str | None = None,
+    ) -> Message:
+        channel = self.channel(channel_id)
+        if channel.type != TEXT:
+            raise WorldError("Cannot send messages in a non-text channel", 50008)
+        self.user(author_id)
+        if reply_to_id is not None:
+            self.message(reply_to_id)
+        msg = Message(
+            id=self.ids.next(),
+            channel_id=channel_id,
+            author_id=author_id,
+            content=content,
+            timestamp=iso_now(),
+            embeds=list(embeds or []),
+            attachments=list(attachments or []),
+            components=list(components or []),
+            allowed_mentions=allowed_mentions,
+            reply_to_id=reply_to_id,
+            tts=tts,
+            flags=flags,
+            interaction_id=interaction_id,
+            webhook_id=webhook_id,
+        )
+        self.messages[msg.id] = msg
+        if not msg.ephemeral:
+            channel.last_message_id = msg.id
+            self.dispatch("MESSAGE_CREATE", self.message_payload(msg))
+        return msg
+
+    def edit_message(self, msg: Message, changes: dict[str, Any]) -> Message:
+        """Apply the editable fields present in ``changes`` (a REST PATCH body or control)."""
+        if "content" in changes:
+            msg.content = "" if changes["content"] is None else str(changes["content"])
+        if "embeds" in changes:
+            msg.embeds = list(changes["embeds"] or [])
+        if "allowed_mentions" in changes:
+            msg.allowed_mentions = changes["allowed_mentions"]
+        if "components" in changes:
+            msg.components = list(changes["components"] or [])
+        if "flags" in changes and isinstance(changes["flags"], int):
+            msg.flags = (msg.flags & 64) | (changes["flags"] & ~64)
+        msg.edited_at = iso_now()
+        if not msg.ephemeral:
+            self.dispatch("MESSAGE_UPDATE", self.message_payload(msg))
+        return msg
+
+    def delete_message(self, msg: Message) -> None:
+        del self.messages[msg.id]
+        if not msg.ephemeral:
+            self.dispatch(
+                "MESSAGE_DELETE",
+                {"id": msg.id, "channel_id": msg.channel_id, "guild_id": self.guild_id},
+            )
+
+    def add_member(self, username: str) -> User:
+        user = self._add_user(username)
+        self.dispatch(
+            "GUILD_MEMBER_ADD", {**self.member_payload(user.id), "guild_id": self.guild_id}
+        )
+        return user
+
+    def rejoin(self, user_id: str) -> None:
+        """A known user who left comes back as a member."""
+        self.user(user_id)
+        if user_id in self.members:
+            raise WorldError("User is already a member")
+        self.members[user_id] = Member(user_id=user_id, roles=[], joined_at=iso_now())
+        self.dispatch(
+            "GUILD_MEMBER_ADD", {**self.member_payload(user_id), "guild_id": self.guild_id}
+        )
+
+    def remove_member(self, user_id: str) -> None:
+        if user_id == self.bot_user_id:
+            raise WorldError("The bot cannot leave the sandbox guild")
+        self.member(user_id)
+        del self.members[user_id]
+        self.dispatch(
+            "GUILD_MEMBER_REMOVE",
+            {"guild_id": self.guild_id, "user": self.user_payload(self.users[user_id])},
+        )
+
+    def ban(self, user_id: str, reason: str | None = None) -> None:
+        """Ban then remove, in the order Discord sends them (py-cord relies on it)."""
+        user = self.user(user_id)
+        if user_id == self.bot_user_id:
+            raise WorldError("The bot cannot be banned from the sandbox guild")
+        self.bans[user_id] = reason
+        self.dispatch("GUILD_BAN_ADD", {"guild_id": self.guild_id, "user": self.user_payload(user)})
+        if user_id in self.members:
+            self.remove_member(user_id)
+
+    def unban(self, user_id: str) -> None:
+        if user_id not in self.bans:
+            raise NotFound("Unknown Ban", 10026)
+        del self.bans[user_id]
+        user = self.users[user_id]
+        self.dispatch(
+            "GUILD_BAN_REMOVE", {"guild_id": self.guild_id, "user": self.user_payload(user)}
+        )
+
+    def set_status(self, user_id: str, status: str, activities: list[Any] | None = None) -> None:
+        if status not in STATUSES:
+            raise WorldError(f"status must be one of {', '.join(STATUSES)}")
+        member = self.member(user_id)
+        member.status = status
+        member.activities = list(activities or []) if status != "offline" else []
+        self.dispatch("PRESENCE_UPDATE", self.presence_payload(member))
+
+    def update_channel(self, channel: Channel, changes: dict[str, Any]) -> Channel:
+        if "name" in changes:
+            name = changes["name"]
+            if not isinstance(name, str) or not 1 <= len(name) <= 100:
+                raise WorldError("name must be 1-100 characters")
+            channel.name = name
+        if "topic" in changes:
+            topic = changes["topic"]
+            if topic is not None and not isinstance(topic, str):
+                raise WorldError("topic must be a string")
+            channel.topic = topic
+        if isinstance(changes.get("position"), int):
+            channel.position = changes["position"]
+        self.dispatch("CHANNEL_UPDATE", self.channel_payload(channel))
+        return channel
+
+    def create_channel(
+        self, name: str, kind: int = TEXT, topic: str | None = None, parent_id: str | None = None
+    ) -> Channel:
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise WorldError("name must be 1-100 characters")
+        if kind not in (TEXT, VOICE, CATEGORY):
+            raise WorldError("type must be 0 (text), 2 (voice) or 4 (category)")
+        if parent_id is not None:
+            self.channel(parent_id)
+        channel = self._add_channel(name, kind, topic=topic, parent_id=parent_id)
+        self.dispatch("CHANNEL_CREATE", self.channel_payload(channel))
+        return channel
+
+    def set_commands(self, scope: str, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Bulk overwrite: keep the id of a command whose name survives, like Discord."""
+        old = {c["name"]: c for c in self.commands.get(scope, [])}
+        stored = []
+        for cmd in commands:
+            if not isinstance(cmd, dict) or not isinstance(cmd.get("name"), str):
+                raise WorldError("each command needs a name")
+            prev = old.get(cmd["name"])
+            stored.append(self._command(scope, cmd, prev["id"] if prev else None))
+        self.commands[scope] = stored
+        return stored
+
+    def upsert_command(self, scope: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(cmd.get("name"), str):
+            raise WorldError("a command needs a name")
+        current = self.commands.setdefault(scope, [])
+        for i, prev in enumerate(current):
+            if prev["name"] == cmd["name"]:
+                current[i] = self._command(scope, {**prev, **cmd}, prev["id"])
+                return current[i]
+        current.append(self._command(scope, cmd, None))
+        return current[-1]
+
+    def delete_command(self, scope: str, command_id: str) -> None:
+        current = self.commands.get(scope, [])
+        for i, prev in enumerate(current):
+            if prev["id"] == command_id:
+                del current[i]
+                return
+        raise NotFound("Unknown application command", 10063)
+
+    def find_command(self, name: str) -> dict[str, Any] | None:
+        for scope in ("global", self.guild_id):
+            for cmd in self.commands.get(scope, []):
+                if cmd["name"] == name:
+                    return cmd
+        return None
+
+    def create_interaction(
+        self, channel_id: str, user_id: str, name: str, options: list[dict[str, Any]]
+    ) -> Interaction:
+        self.channel(channel_id)
+        self.member(user_id)
+        cmd = self.find_command(name)
+        iid = self.ids.next()
+        inter = Interaction(
+            id=iid,
+            token=f"sandbox-interaction-{iid}",
+            channel_id=channel_id,
+            user_id=user_id,
+            name=name,
+            command_id=cmd["id"] if cmd else self.ids.next(),
+            options=options,
+        )
+        self.interactions[iid] = inter
+        self.interactions_by_token[inter.token] = iid
+        self.dispatch("INTERACTION_CREATE", self.interaction_payload(inter))
+        return inter
+
+    # ---- payloads ------------------------------------------------------------------------
+
+    def user_payload(self, user: User) -> dict[str, Any]:
+        return {
+            "id": user.id,
+            "username": user.username,
+            "discriminator": "0",
+            "global_name": None if user.bot else user.username,
+            "avatar": None,
+            "bot": user.bot,
+            "public_flags": 0,
+        }
+
+    def member_payload(self, user_id: str, *, with_user: bool = True) -> dict[str, Any]:
+        member = self.member(user_id)
+        data: dict[str, Any] = {
+            "roles": list(member.roles),
+            "joined_at": member.joined_at,
+            "nick": None,
+            "avatar": None,
+            "deaf": False,
+            "mute": False,
+            "pending": False,
+            "flags": 0,
+            "premium_since": None,
+            "communication_disabled_until": None,
+        }
+        if with_user:
+            data["user"] = self.user_payload(self.users[user_id])
+        return data
+
+    def presence_payload(self, member: Member) -> dict[str, Any]:
+        status = member.status
+        return {
+            "user": {"id": member.user_id},
+            "guild_id": self.guild_id,
+            "status": status,
+            "activities": list(member.activities),
+            "client_status": {} if status == "offline" else {"desktop": status},
+        }
+
+    def channel_payload(self, channel: Channel) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": channel.id,
+            "type": channel.type,
+            "guild_id": self.guild_id,
+            "name": channel.name,
+            "position": channel.position,
+            "parent_id": channel.parent_id,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "flags": 0,
+        }
+        if channel.type == TEXT:
+            data.update(
+                topic=channel.topic,
+                last_message_id=channel.last_message_id,
+                rate_limit_per_user=0,
+            )
+        elif channel.type == VOICE:
+            data.update(bitrate=64000, user_limit=0, rtc_region=None, rate_limit_per_user=0)
+        return data
+
+    def guild_payload(self) -> dict[str, Any]:
+        """The guild as ``GET /guilds/{id}`` returns it."""
+        return {
+            "id": self.guild_id,
+            "name": self.guild_name,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "banner": None,
+            "description": None,
+            "owner_id": self.owner_id,
+            "region": "us-west",
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "preferred_locale": "en-US",
+            "premium_tier": 0,
+            "premium_subscription_count": 0,
+            "nsfw_level": 0,
+            "roles": list(self.roles.values()),
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "max_members": 500000,
+            "approximate_member_count": len(self.members),
+        }
+
+    def guild_create_payload(self, *, presences: bool = True) -> dict[str, Any]:
+        """GUILD_CREATE: ``member_count`` equals the members sent, so py-cord never chunks."""
+        members = [self.member_payload(uid) for uid in self.members]
+        data = self.guild_payload()
+        data.update(
+            channels=[self.channel_payload(c) for c in self.channels.values()],
+            members=members,
+            member_count=len(members),
+            presences=[
+                self.presence_payload(m)
+                for m in self.members.values()
+                if presences and m.status != "offline"
+            ],
+            joined_at=self.members[self.bot_user_id].joined_at,
+            large=False,
+            unavailable=False,
+            threads=[],
+            voice_states=[],
+            stage_instances=[],
+            guild_scheduled_events=[],
+            soundboard_sounds=[],
+        )
+        return data
+
+    def message_payload(self, msg: Message, *, nested: bool = True) -> dict[str, Any]:
+        """A full message object; ``mentions`` come from ``<@id>`` in the content."""
+        author = self.users.get(msg.author_id) or User(msg.author_id, "deleted-user")
+        mentions = []
+        for uid in dict.fromkeys(_USER_MENTION.findall(msg.content)):
+            if uid in self.users:
+                mention = self.user_payload(self.users[uid])
+                if uid in self.members:
+                    mention["member"] = self.member_payload(uid, with_user=False)
+                mentions.append(mention)
+        kind = 20 if msg.interaction_id else 19 if msg.reply_to_id else 0
+        data: dict[str, Any] = {
+            "id": msg.id,
+            "channel_id": msg.channel_id,
+            "guild_id": self.guild_id,
+            "author": self.user_payload(author),
+            "content": msg.content,
+            "timestamp": msg.timestamp,
+            "edited_timestamp": msg.edited_at,
+            "tts": msg.tts,
+            "mention_everyone": "@everyone" in msg.content or "@here" in msg.content,
+            "mentions": mentions,
+            "mention_roles": [
+                r for r in dict.fromkeys(_ROLE_MENTION.findall(msg.content)) if r in self.roles
+            ],
+            "attachments": list(msg.attachments),
+            "embeds": list(msg.embeds),
+            "components": list(msg.components),
+            "pinned": False,
+            "type": kind,
+            "flags": msg.flags,
+        }
+        if msg.webhook_id is None and msg.author_id in self.members:
+            data["member"] = self.member_payload(msg.author_id, with_user=False)
+        if msg.webhook_id is not None:
+            data["webhook_id"] = msg.webhook_id
+            data["application_id"] = msg.webhook_id
+        if msg.reply_to_id is not None:
+            data["message_reference"] = {
+                "type": 0,
+                "message_id": msg.reply_to_id,
+                "channel_id": msg.channel_id,
+                "guild_id": self.guild_id,
+            }
+            ref = self.messages.get(msg.reply_to_id)
+            if nested:
+                data["referenced_message"] = (
+                    self.message_payload(ref, nested=False) if ref else None
+                )
+        return data
+
+    def interaction_payload(self, inter: Interaction) -> dict[str, Any]:
+        channel = self.channels[inter.channel_id]
+        member = self.member_payload(inter.user_id)
+        member["permissions"] = str(self.permissions(inter.user_id))
+        return {
+            "id": inter.id,
+            "application_id": self.bot_user_id,
+            "type": 2,
+            "token": inter.token,
+            "version": 1,
+            "guild_id": self.guild_id,
+            "channel_id": inter.channel_id,
+            "channel": self.channel_payload(channel),
+            "member": member,
+            "app_permissions": str(PERM_ALL),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": self.guild_id},
+            "context": 0,
+            "data": {
+                "id": inter.command_id,
+                "name": inter.name,
+                "type": 1,
+                "guild_id": self.guild_id,
+                "options": inter.options,
+            },
+        }
+
+    # ---- construction helpers ------------------------------------------------------------
+
+    def _add_user(
+        self,
+        username: str,
+        *,
+        bot: bool = False,
+        roles: list[str] | None = None,
+        status: str = "offline",
+    ) -> User:
+        user = User(id=self.ids.next(), username=username, bot=bot)
+        self.users[user.id] = user
+        self.members[user.id] = Member(
+            user_id=user.id, roles=list(roles or []), joined_at=iso_now(), status=status
+        )
+        return user
+
+    def _add_channel(
+        self, name: str, kind: int, *, topic: str | None = None, parent_id: str | None = None
+    ) -> Channel:
+        position = sum(1 for c in self.channels.values() if c.type == kind)
+        channel = Channel(
+            id=self.ids.next(),
+            name=name,
+            type=kind,
+            position=position,
+            topic=topic,
+            parent_id=parent_id,
+            key=name,
+        )
+        self.channels[channel.id] = channel
+        return channel
+
+    def _command(self, scope: str, cmd: dict[str, Any], cid: str | None) -> dict[str, Any]:
+        stored = dict(cmd)
+        stored.update(
+            id=cid or self.ids.next(),
+            application_id=self.bot_user_id,
+            version="1",
+            type=cmd.get("type", 1),
+            description=cmd.get("description", ""),
+            default_member_permissions=cmd.get("default_member_permissions"),
+        )
+        if scope != "global":
+            stored["guild_id"] = scope
+        return stored
+
+
+def _role(role_id: str, name: str, position: int, permissions: int) -> dict[str, Any]:
+    return {
+        "id": role_id,
+        "name": name,
+        "color": 0,
+        "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+        "hoist": False,
+        "icon": None,
+        "unicode_emoji": None,
+        "position": position,
+        "permissions": str(permissions),
+        "managed": False,
+        "mentionable": False,
+        "flags": 0,
+    }
