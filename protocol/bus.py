@@ -46,6 +46,7 @@ class Topology:
 
     endpoints: dict[str, str]
     subscribers: dict[str, list[str]] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)  # slash command -> owning service
 
 
 class Reply:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bus import Topology
+from protocol.commands import CATALOGUE
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -65,6 +66,7 @@ class ServiceSpec:
     critical: bool = False
     enabled: bool = True
     env_required: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()  # slash commands this service answers
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,11 +104,14 @@ class Config:
         runtime = self.supervisor.runtime_dir.resolve()
         endpoints = {"supervisor": f"ipc://{runtime}/supervisor.sock"}
         subscribers: dict[str, list[str]] = {}
+        commands: dict[str, str] = {}
         for s in self.enabled:
             endpoints[s.name] = s.endpoint or f"ipc://{runtime}/{s.name}.sock"
             for event_type in s.subscribes:
                 subscribers.setdefault(event_type, []).append(s.name)
-        return Topology(endpoints, subscribers)
+            for command in s.commands:
+                commands[command] = s.name
+        return Topology(endpoints, subscribers, commands)
 
 
 class _Reader:
@@ -260,6 +265,7 @@ def _service(
         critical=r.boolean(merged, "critical", key, False),
         enabled=r.boolean(merged, "enabled", key, True),
         env_required=r.strings(merged, "env_required", key),
+        commands=r.strings(merged, "commands", key),
         settings=settings,
     )
     if spec.stop_grace_s > spec.shutdown_timeout_s:
@@ -350,6 +356,22 @@ def parse(data: dict[str, Any], path: Path, data_dir: Path | None = None) -> Con
                         f"depends on disabled service {dep!r}",
                         f"enable {dep} or disable {s.name}",
                     )
+    owners: dict[str, str] = {}
+    for s in specs:
+        for command in s.commands:
+            if command not in CATALOGUE:
+                r.bad(
+                    f"services.{s.name}.commands",
+                    f"unknown command {command!r}",
+                    "use one of " + ", ".join(CATALOGUE),
+                )
+            elif command in owners:
+                r.bad(
+                    f"services.{s.name}.commands",
+                    f"/{command} is already answered by {owners[command]}",
+                    "give each command to one service",
+                )
+            owners[command] = s.name
     ordered = _ordered(r, specs)
     if r.problems:
         raise ConfigError(r.problems)
