@@ -40,7 +40,13 @@ def main(argv: list[str]) -> int:
     import anyio
 
     from supervisor import control, logs
-    from supervisor.config import ConfigError, check_environment, load, load_dotenv
+    from supervisor.config import (
+        ConfigError,
+        ConfigProblem,
+        check_environment,
+        load,
+        load_dotenv,
+    )
 
     data_dir = args.data_dir or Path("data")
     if args.command in ("status", "restart"):
@@ -67,7 +73,19 @@ def main(argv: list[str]) -> int:
         problems += exc.problems
         config = None
     if config is not None and not args.sandbox:
-        problems += check_environment(config)
+        missing = check_environment(config)
+        if args.command == "check":
+            problems += missing
+        elif missing:  # starting: one line that says everything to set
+            problems.append(
+                ConfigProblem(
+                    ", ".join(p.key for p in missing),
+                    "not set ("
+                    + "; ".join(p.problem.removeprefix("not set (")[:-1] for p in missing)
+                    + ")",
+                    "export them or put NAME=value lines in .env",
+                )
+            )
     if args.log_format and config is not None:
         import dataclasses
 

@@ -26,6 +26,7 @@ import tenacity
 import zmq
 import zmq.asyncio
 from loguru import logger
+from zmq.utils.monitor import parse_monitor_message
 
 from protocol.breaker import BreakerState, CircuitBreaker
 from protocol.envelope import Delivery, Envelope, FrameError, Kind, pack_delivery, unpack
@@ -111,6 +112,10 @@ class Channel:
         self._pending: dict[str, tuple[anyio.Event, list[Envelope]]] = {}
         self.sock = ctx.socket(zmq.DEALER)
         configure_socket(self.sock, owner, policy.sndhwm)
+        # Whether the peer is there right now: lets a caller that must answer a
+        # user within seconds (slash commands) say "restarting" at once.
+        self.connected = False
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
         # Durable state, loaded from the outbox in run().
         self._last_seq = 0
@@ -133,6 +138,7 @@ class Channel:
         """Read the socket, and pump durable events if this channel has an outbox."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read_loop)
+            tg.start_soon(self._watch_connection)
             if self._outbox is not None:
                 self._last_seq, self._acked = await self._outbox.state(self.peer)
                 self._sent_through = self._acked
@@ -140,7 +146,17 @@ class Channel:
 
     def close(self) -> None:
         self._closed = True
+        self._monitor.close(linger=0)
         self.sock.close(linger=0)
+
+    async def _watch_connection(self) -> None:
+        while True:
+            try:
+                frames = await self._monitor.recv_multipart()
+            except zmq.ZMQError:
+                return  # closed
+            event = parse_monitor_message(frames)["event"]
+            self.connected = event == zmq.EVENT_CONNECTED
 
     def snapshot(self) -> dict[str, Any]:
         c = self.counters
@@ -153,6 +169,7 @@ class Channel:
             "dropped": c.dropped,
             "acked": c.acked,
             "unacked": self._last_seq - self._acked,
+            "connected": self.connected,
         }
 
     # --- sending --------------------------------------------------------------------
@@ -274,11 +291,11 @@ class Channel:
         seq = body.get("seq")
         if body.get("epoch") != getattr(self._outbox, "epoch", None) or not isinstance(seq, int):
             return
+        self.breaker.record_success()  # any ack, even one reporting a gap, shows a live peer
         if seq > self._acked:
             self.counters.acked += seq - self._acked
             self._acked = seq
             self._last_progress = self._clock()
-            self.breaker.record_success()
             self._wake.set()
         if body.get("gap") and self._sent_through > seq:
             # The receiver lost what followed `seq` (it restarted): go back now.

@@ -48,7 +48,17 @@ from protocol.messages import (
     decode,
 )
 
-__all__ = ["RuntimeContext", "Service", "TransientError"]
+__all__ = ["Refused", "RuntimeContext", "Service", "TransientError"]
+
+
+class Refused(Exception):
+    """Raised by a request handler to answer with a reason the caller can act on
+    (e.g. "rate_limited", "not_found"), rather than a generic handler error."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass
@@ -160,6 +170,10 @@ class Service:
             return
         try:
             result = await handler(msg)
+        except Refused as exc:
+            logger.info("{} from {} refused: {}", env.type, env.src, exc)
+            reply(env.error(exc.reason, exc.detail))
+            return
         except Exception as exc:
             logger.exception("{} handler failed", env.type)
             reply(env.error("handler_error", f"{type(exc).__name__}: {exc}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import json
 import os
 import signal
 import sys
@@ -35,6 +36,16 @@ def die_with_parent(expected_parent: int) -> None:
         sys.exit(1)  # the supervisor died before prctl took effect
 
 
+def settings_overrides(name: str) -> dict:
+    """Settings the sandbox changes for one service (JSON in BOT_SETTINGS_OVERRIDES)."""
+    try:
+        overrides = json.loads(os.environ.get("BOT_SETTINGS_OVERRIDES") or "{}")
+    except ValueError:
+        return {}
+    value = overrides.get(name, {}) if isinstance(overrides, dict) else {}
+    return value if isinstance(value, dict) else {}
+
+
 def main(argv: list[str]) -> int:
     name = argv[1]
     supervisor_pid = int(os.environ["BOT_SUPERVISOR_PID"])
@@ -47,6 +58,7 @@ def main(argv: list[str]) -> int:
     sup = config.supervisor
     logs.setup(name, sup.log_format, sup.log_dir or sup.data_dir / "logs")
     spec = config.service(name)
+    settings = {**spec.settings, **settings_overrides(name)}
     module = importlib.import_module(spec.module)
     service = getattr(module, "service", None)
     if not isinstance(service, Service):
@@ -56,7 +68,7 @@ def main(argv: list[str]) -> int:
         name=name,
         topology=config.topology(),
         data_dir=sup.data_dir,
-        settings=spec.settings,
+        settings=settings,
         heartbeat_interval_s=min(sup.heartbeat_interval_s, spec.heartbeat_timeout_s / 3),
         supervisor_pid=supervisor_pid,
         stop_timeout_s=max(0.1, spec.stop_grace_s - 0.5),

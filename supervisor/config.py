@@ -174,21 +174,7 @@ class _Reader:
 
 
 _POLICY_KEYS = set(RestartPolicy.__dataclass_fields__)
-_SERVICE_KEYS = {
-    "module",
-    "after",
-    "subscribes",
-    "endpoint",
-    "stop_grace_s",
-    "shutdown_timeout_s",
-    "heartbeat_timeout_s",
-    "start_timeout_s",
-    "memory_limit_mb",
-    "critical",
-    "enabled",
-    "env_required",
-    "settings",
-} | _POLICY_KEYS
+_SERVICE_KEYS = (set(ServiceSpec.__dataclass_fields__) - {"name", "policy"}) | _POLICY_KEYS
 
 
 def _policy(r: _Reader, table: dict[str, Any], key: str, base: RestartPolicy) -> RestartPolicy:

@@ -1,0 +1,75 @@
+"""`python run.py --sandbox`: the whole bot, every service under the real supervisor,
+against the local Discord emulator and OpenAI-compatible stand-in.
+
+The stand-ins run in the supervisor's process (they are test equipment, not
+services); the services reach them exactly as they would reach Discord and
+OpenAI, through the URLs and keys put into their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from loguru import logger
+
+from sandbox.discord import DiscordEmulator
+from sandbox.openai_standin import OpenAIStandin
+from supervisor.config import Config
+from supervisor.supervisor import Supervisor
+
+# Settings only the sandbox changes: no 5 s pause before re-identifying, a model name
+# the stand-in knows, and a stats clock end-to-end tests can drive.
+SANDBOX_SETTINGS = {
+    "gateway": {"identify_delay_s": 0.2},
+    "llm": {"model": "sandbox-model"},
+    "stats": {"allow_clock_control": True},
+}
+
+
+async def run_sandbox(config: Config, port: int) -> int:
+    emulator = DiscordEmulator(port=port)
+    llm = OpenAIStandin(port=0)
+    try:
+        await emulator.start()
+    except OSError as exc:
+        print(
+            f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "pick another with --port",
+            file=sys.stderr,
+        )
+        return 2
+    await llm.start()
+    emulator.llm_url = llm.base_url
+    env = {
+        "DISCORD_TOKEN": emulator.token,
+        "DISCORD_API_BASE": emulator.api_base,
+        "OPENAI_API_KEY": llm.api_key,
+        "OPENAI_BASE_URL": llm.base_url,
+        "BOT_SETTINGS_OVERRIDES": json.dumps(SANDBOX_SETTINGS),
+    }
+    data = config.supervisor.data_dir.absolute()
+    print(
+        "\n".join(
+            [
+                "sandbox: the bot runs against local stand-ins (Ctrl-C stops everything)",
+                f"  Discord emulator   {emulator.base_url}  (control API: "
+                f"{emulator.base_url}/_sandbox/state)",
+                f"  OpenAI stand-in    {llm.base_url}",
+                f"  data dir           {data}  (database: {data / 'bot.sqlite3'})",
+                "  status             python run.py status --data-dir "
+                f"{config.supervisor.data_dir}",
+                "  try it             curl -s -X POST "
+                f'{emulator.base_url}/_sandbox/messages -d \'{{"channel_id": '
+                f'"{emulator.world.channel_id("general")}", "author_id": '
+                f'"{emulator.world.user_id("alice")}", "content": "hello"}}\'',
+            ]
+        ),
+        flush=True,
+    )
+    try:
+        return await Supervisor(config, extra_env=env).run()
+    finally:
+        logger.info("stopping the stand-ins")
+        await emulator.stop()
+        await llm.stop()

@@ -1,0 +1,87 @@
+"""The Discord connection: py-cord's client, with two small additions.
+
+1. Every DISPATCH frame is handed raw, in order and with its sequence number,
+   to a sink (`GatewaySocket.log_receive` is py-cord's hook for the decoded
+   frame), so the service converts Discord's own JSON and never depends on
+   py-cord's cache.
+2. A new process can RESUME the session its predecessor left (`resume_from`):
+   py-cord only resumes within one process, so its first connect is turned
+   into a RESUME when a saved session exists.
+
+py-cord keeps doing what it is good at: heartbeats, reconnects, RESUME within
+the process, and REST with Discord's rate limits (`client.http`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import discord
+import discord.client
+from discord.gateway import DiscordWebSocket
+from loguru import logger
+
+from services.gateway.session import SavedSession
+
+RawSink = Callable[[dict[str, Any]], None]
+
+
+class GatewaySocket(DiscordWebSocket):
+    sink: ClassVar[RawSink | None] = None
+
+    def log_receive(self, msg: Any, /) -> None:
+        sink = GatewaySocket.sink
+        if sink is None:
+            return
+        try:
+            payload = json.loads(msg)
+        except (TypeError, ValueError):
+            return  # py-cord will report the bad frame itself
+        if isinstance(payload, dict) and payload.get("op") == self.DISPATCH:
+            sink(payload)
+
+    @classmethod
+    async def from_client(cls, client: Any, *, initial: bool = False, **params: Any) -> Any:
+        saved: SavedSession | None = getattr(client, "resume_from", None)
+        if saved is not None:
+            client.resume_from = None
+            logger.info("resuming session {} at seq {}", saved.session_id[:8], saved.seq)
+            params.update(session=saved.session_id, sequence=saved.seq, resume=True)
+        return await super().from_client(client, initial=initial, **params)
+
+
+# py-cord's Client.connect() builds its socket from this module global.
+discord.client.DiscordWebSocket = GatewaySocket  # type: ignore[misc]
+
+
+def intents() -> discord.Intents:
+    i = discord.Intents.default()
+    i.members = True
+    i.presences = True
+    i.message_content = True
+    return i
+
+
+class GatewayClient(discord.Client):
+    def __init__(
+        self, *, identify_delay_s: float, on_state: Callable[[str], None], **options: Any
+    ) -> None:
+        super().__init__(intents=intents(), cache_default_sounds=False, **options)
+        self.identify_delay_s = identify_delay_s
+        self.resume_from: SavedSession | None = None
+        self._on_state = on_state
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Discord asks for a pause before re-identifying after an invalid session.
+        if not initial:
+            await asyncio.sleep(self.identify_delay_s)
+
+    async def on_disconnect(self) -> None:
+        self._on_state("disconnected")
+
+    def latency_ms(self) -> float | None:
+        lat = self.latency
+        return None if lat != lat or lat == float("inf") else round(lat * 1000, 1)

@@ -1,0 +1,552 @@
+"""The gateway: the only process that holds the Discord connection.
+
+Listens to: Discord (every DISPATCH frame, raw and in order) and to requests
+from the other services (send, edit, rename, presence, typing, counts, ...).
+Does: converts Discord's events into protocol events, stores the durable ones
+in its outbox before anything else, and only then advances the sequence number
+it saves for a successor's RESUME; routes slash commands to the service that
+owns them; carries out Discord actions with py-cord's rate-limited HTTP client.
+Sends: discord.* events to their subscribers (services.toml), replies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import anyio
+import discord
+from anyio.abc import TaskGroup
+from loguru import logger
+
+from protocol.breaker import BreakerOpen
+from protocol.channel import RemoteError, RequestTimeout
+from protocol.commands import CATALOGUE
+from protocol.discord import (
+    CommandAnswer,
+    CommandInvoked,
+    ConnectionState,
+    CountsRequest,
+    CreateChannel,
+    DeleteMessage,
+    EditInteraction,
+    EditMessage,
+    GuildInfoRequest,
+    InteractionFollowup,
+    RenameChannel,
+    SendMessage,
+    SetPresence,
+    Typing,
+)
+from protocol.messages import Message, MessageError, decode
+from protocol.runtime import Refused, Service
+from services.gateway.connection import GatewayClient, GatewaySocket
+from services.gateway.convert import convert
+from services.gateway.guild_state import GuildState
+from services.gateway.interactions import (
+    NO_PINGS,
+    RESPOND_DEFERRED,
+    RESPOND_WITH_MESSAGE,
+    RESTARTING,
+    TOO_SLOW,
+    UNKNOWN,
+    Invocation,
+    command_payload,
+    message_data,
+)
+from services.gateway.session import SavedSession, SessionFile
+
+service = Service("gateway")
+
+RENAMES_PER_WINDOW = 2  # Discord: 2 channel renames per 10 minutes per channel
+RENAME_WINDOW_S = 600.0
+SESSION_SAVE_EVERY_S = 0.05
+INTERACTION_TTL_S = 900.0  # interaction tokens live 15 minutes
+
+
+class Gateway:
+    """The state one gateway process holds; module-level so handlers read top to bottom."""
+
+    def __init__(self) -> None:
+        self.client: GatewayClient | None = None
+        self.guilds = GuildState()
+        self.session_file: SessionFile | None = None
+        self.session_id: str | None = None
+        self.resume_url: str | None = None
+        self.bot_id: str | None = None
+        self.resumed_from: SavedSession | None = None
+        # Dispatches in arrival order: (sequence number, protocol events).
+        self.queue: deque[tuple[int | None, list[Message]]] = deque()
+        self.queue_wake = anyio.Event()
+        self.queue_drained = anyio.Event()
+        self.committed_seq: int | None = None
+        self.seq_committed = anyio.Event()
+        self.saved_seq: int | None = None
+        self.counts_dirty: set[str] = set()
+        self.renames: dict[str, deque[float]] = {}
+        self.interactions: dict[str, Invocation] = {}
+        self.tg: TaskGroup | None = None
+        self.request_timeout_s = 15.0
+
+    def http(self) -> Any:
+        assert self.client is not None
+        return self.client.http
+
+
+gw = Gateway()
+
+
+# --- start: log in, register slash commands, connect --------------------------------
+
+
+@service.setup
+async def log_in() -> None:
+    settings = service.settings
+    assert service.ctx is not None
+    api_base = os.environ.get("DISCORD_API_BASE")
+    if api_base:
+        discord.http.Route.API_BASE_URL = api_base.rstrip("/")
+        logger.info("Discord API at {}", discord.http.Route.API_BASE_URL)
+    gw.request_timeout_s = float(settings.get("request_timeout_s", 15))
+    gw.session_file = SessionFile(service.ctx.data_dir / "gateway-session.json")
+    saved = gw.session_file.load()
+    gw.client = GatewayClient(
+        identify_delay_s=float(settings.get("identify_delay_s", 5.0)),
+        on_state=lambda state: _publish_connection(state),
+    )
+    if saved is not None:
+        gw.guilds.load(saved.guilds)
+        gw.resumed_from = gw.client.resume_from = saved
+        gw.session_id, gw.committed_seq = saved.session_id, saved.seq
+        gw.resume_url, gw.bot_id = saved.resume_url, saved.bot_user_id
+    GatewaySocket.sink = on_dispatch
+    try:
+        await gw.client.login(os.environ.get("DISCORD_TOKEN", ""))
+    except discord.LoginFailure:
+        logger.error("Discord rejected DISCORD_TOKEN: set a valid bot token (nothing retried)")
+        await gw.client.close()
+        sys.exit(2)
+    gw.bot_id = str(gw.client.user.id) if gw.client.user else gw.bot_id
+    await _register_commands()
+
+
+async def _register_commands() -> None:
+    assert service.ctx is not None and gw.bot_id is not None
+    names = list(service.ctx.topology.commands)
+    try:
+        with anyio.fail_after(gw.request_timeout_s):
+            await gw.http().bulk_upsert_global_commands(gw.bot_id, command_payload(names))
+        logger.info("slash commands registered: {}", ", ".join(sorted(names)) or "none")
+    except (discord.HTTPException, TimeoutError) as exc:
+        logger.error(
+            "could not register slash commands ({}); they will be retried at the next start", exc
+        )
+
+
+@service.task
+async def stay_connected() -> None:
+    """py-cord's connect loop (reconnects and RESUMEs by itself), plus our helpers."""
+    assert gw.client is not None
+    async with anyio.create_task_group() as tg:
+        gw.tg = tg
+        tg.start_soon(publish_in_order)
+        tg.start_soon(save_session)
+        tg.start_soon(report_latency)
+        tg.start_soon(publish_counts)
+        await gw.client.connect(reconnect=True)
+        tg.cancel_scope.cancel()
+
+
+@service.teardown
+async def disconnect() -> None:
+    """Flush what was received, save the session, and leave it resumable."""
+    with anyio.move_on_after(1.5):
+        if gw.queue:
+            gw.queue_drained = anyio.Event()
+            gw.queue_wake.set()
+            await gw.queue_drained.wait()
+    await _save_session()
+    client = gw.client
+    if client is not None and not client.is_closed():
+        if client.ws is not None:
+            # Any close code but 1000/1001 keeps the session resumable for our successor.
+            await client.ws.close(code=4000)
+        try:
+            await client.close()
+        except RuntimeError:
+            pass  # py-cord: 'Session is closed' when already closed
+
+
+# --- Discord to the bus ---------------------------------------------------------------
+
+
+def on_dispatch(payload: dict[str, Any]) -> None:
+    """Every DISPATCH frame, synchronously and in order (called from py-cord's reader)."""
+    event, d, seq = payload.get("t"), payload.get("d"), payload.get("s")
+    if not isinstance(event, str) or not isinstance(d, dict):
+        return
+    now = time.time()
+    try:
+        if event == "READY":
+            _on_ready(d)
+        elif event == "RESUMED":
+            logger.info("session resumed at seq {}", seq if seq is not None else gw.committed_seq)
+            _publish_connection("resumed")
+        elif event == "INTERACTION_CREATE":
+            invocation = Invocation.parse(d)
+            if invocation is not None and gw.tg is not None:
+                gw.tg.start_soon(answer_interaction, invocation)
+        changed = gw.guilds.apply(event, d)
+        if changed:
+            gw.counts_dirty.add(changed)
+        if event == "GUILD_CREATE" and changed:
+            guild = gw.guilds.get(changed)
+            if guild is not None and gw.bot_id:
+                gw.queue.append((None, [guild.ready(gw.bot_id)]))
+        events = convert(event, d, gw.bot_id, now, gw.guilds.channel_names())
+    except (KeyError, TypeError, ValueError) as exc:
+        # A payload missing what Discord always sends: log it once, lose nothing else.
+        logger.error("dropped malformed {} (seq {}): {!r}", event, seq, exc)
+        events = []
+    gw.queue.append((seq if isinstance(seq, int) else None, events))
+    gw.queue_wake.set()
+
+
+def _on_ready(d: dict[str, Any]) -> None:
+    gw.session_id = str(d.get("session_id"))
+    gw.resume_url = d.get("resume_gateway_url")
+    gw.bot_id = str((d.get("user") or {}).get("id", gw.bot_id))
+    if gw.resumed_from is not None:
+        logger.warning(
+            "Discord refused to resume session {}: identified afresh; events "
+            "after seq {} may be missing (possible gap)",
+            gw.resumed_from.session_id[:8],
+            gw.resumed_from.seq,
+        )
+        gw.resumed_from = None
+        _publish_connection("identified_after_gap")
+    else:
+        _publish_connection("connected")
+
+
+async def publish_in_order() -> None:
+    """Outbox first, then the saved sequence: a RESUME replays whatever is not stored."""
+    while True:
+        await gw.queue_wake.wait()
+        gw.queue_wake = anyio.Event()
+        while gw.queue:
+            batch: list[Message] = []
+            last_seq = None
+            while gw.queue and len(batch) < 500:
+                seq, events = gw.queue.popleft()
+                batch.extend(events)
+                last_seq = seq if seq is not None else last_seq
+            durable = [m for m in batch if m.DURABLE]
+            if durable:
+                await service.publish_many(durable)
+            for m in batch:
+                if not m.DURABLE:
+                    await service.publish(m)
+            if last_seq is not None:
+                gw.committed_seq = last_seq
+                gw.seq_committed.set()
+        gw.queue_drained.set()
+
+
+async def save_session() -> None:
+    """Save the committed sequence at most every 50 ms, off the publishing path."""
+    while True:
+        await gw.seq_committed.wait()
+        gw.seq_committed = anyio.Event()
+        await _save_session()
+        await anyio.sleep(SESSION_SAVE_EVERY_S)
+
+
+async def _save_session() -> None:
+    if gw.session_file is None or gw.session_id is None or gw.committed_seq is None:
+        return
+    if gw.committed_seq == gw.saved_seq:
+        return
+    seq = gw.committed_seq
+    await gw.session_file.save(
+        SavedSession(gw.session_id, seq, gw.resume_url, gw.bot_id, gw.guilds.to_json())
+    )
+    gw.saved_seq = seq
+
+
+async def publish_counts() -> None:
+    """Membership and presence changes, coalesced to at most one event a second per guild."""
+    while True:
+        await anyio.sleep(1.0)
+        dirty, gw.counts_dirty = gw.counts_dirty, set()
+        for gid in dirty:
+            guild = gw.guilds.get(gid)
+            if guild is not None:
+                await service.publish(guild.counts())
+
+
+async def report_latency() -> None:
+    while True:
+        await anyio.sleep(15.0)
+        if gw.client is not None and gw.client.ws is not None and not gw.client.is_closed():
+            _publish_connection("connected")
+
+
+def _publish_connection(state: str) -> None:
+    latency = gw.client.latency_ms() if gw.client is not None else None
+    msg = ConnectionState(state, latency, time.time(), gw.bot_id)
+    gw.queue.append((None, [msg]))
+    gw.queue_wake.set()
+
+
+# --- slash commands ---------------------------------------------------------------------
+
+
+async def answer_interaction(inv: Invocation) -> None:
+    assert service.ctx is not None and service.bus is not None
+    owner = service.ctx.topology.commands.get(inv.command)
+    if owner is None:
+        await _respond(inv, RESPOND_WITH_MESSAGE, message_data(UNKNOWN, ephemeral=True))
+        return
+    channel = service.bus.channel(owner)
+    if not channel.connected or not channel.breaker.allows():
+        await _respond(inv, RESPOND_WITH_MESSAGE, message_data(RESTARTING, ephemeral=True))
+        return
+    _remember(inv)
+    deferred = CATALOGUE[inv.command].slow
+    request = CommandInvoked(
+        inv.id,
+        inv.command,
+        inv.options,
+        inv.user_id,
+        inv.user_name,
+        inv.channel_id,
+        inv.guild_id,
+        inv.is_admin,
+        deferred,
+    )
+    if deferred:
+        await _respond(inv, RESPOND_DEFERRED, None)
+    answer, failure = await _ask_owner(owner, request, timeout=120.0 if deferred else 2.0)
+    if deferred:
+        text = failure or (answer.content if answer else "")
+        await _edit_original(inv, text or "(no answer)", answer.embeds if answer else None)
+    elif answer is not None:
+        await _respond(
+            inv, RESPOND_WITH_MESSAGE, message_data(answer.content, answer.embeds, answer.ephemeral)
+        )
+    else:
+        await _respond(inv, RESPOND_WITH_MESSAGE, message_data(failure or TOO_SLOW, ephemeral=True))
+
+
+async def _ask_owner(
+    owner: str, request: CommandInvoked, timeout: float
+) -> tuple[CommandAnswer | None, str | None]:
+    try:
+        body = await service.call(owner, request, timeout=timeout)
+        answer = decode(CommandAnswer.TYPE, body)
+        assert isinstance(answer, CommandAnswer)
+        return answer, None
+    except BreakerOpen:
+        return None, RESTARTING
+    except RequestTimeout:
+        return None, TOO_SLOW
+    except RemoteError as exc:
+        logger.warning("/{} failed in {}: {}", request.command, owner, exc)
+        return None, "That failed, sorry. The error was logged."
+    except MessageError as exc:
+        logger.error(
+            "/{}: {} answered something that is not a CommandAnswer: {}",
+            request.command,
+            owner,
+            exc,
+        )
+        return None, "That failed, sorry. The error was logged."
+
+
+def _remember(inv: Invocation) -> None:
+    cutoff = time.monotonic() - INTERACTION_TTL_S
+    for key in [k for k, v in gw.interactions.items() if v.created < cutoff]:
+        del gw.interactions[key]
+    gw.interactions[inv.id] = inv
+
+
+async def _respond(inv: Invocation, kind: int, data: dict[str, Any] | None) -> None:
+    try:
+        with anyio.fail_after(gw.request_timeout_s):
+            await gw.http().create_interaction_response(inv.id, inv.token, type=kind, data=data)
+    except (discord.HTTPException, TimeoutError) as exc:
+        logger.warning("could not answer /{} ({}): {}", inv.command, inv.id, exc)
+
+
+async def _edit_original(
+    inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None
+) -> None:
+    await _discord(
+        gw.http().edit_original_interaction_response(
+            inv.application_id,
+            inv.token,
+            content=content[:2000] if content else None,
+            embeds=embeds,
+            allowed_mentions=NO_PINGS,
+        )
+    )
+
+
+# --- requests from the other services: Discord actions ----------------------------------
+
+
+async def _discord(call: Any) -> Any:
+    """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
+    try:
+        with anyio.fail_after(gw.request_timeout_s):
+            return await call
+    except TimeoutError:
+        raise Refused(
+            "timeout", f"Discord did not answer within {gw.request_timeout_s:g}s"
+        ) from None
+    except discord.HTTPException as exc:
+        reason = {400: "bad_request", 403: "forbidden", 404: "not_found", 429: "rate_limited"}.get(
+            exc.status, "discord_error"
+        )
+        raise Refused(reason, f"{exc.status} {exc.text or exc}") from None
+
+
+def _mentions(allowed: dict[str, Any] | None) -> dict[str, Any]:
+    return allowed if allowed is not None else NO_PINGS
+
+
+@service.request(SendMessage)
+async def send_message(msg: SendMessage) -> dict[str, Any]:
+    if len(msg.content) > 2000:
+        raise Refused(
+            "bad_request", f"content is {len(msg.content)} characters; split it below 2,000"
+        )
+    reference = (
+        {"message_id": msg.reply_to_id, "fail_if_not_exists": False} if msg.reply_to_id else None
+    )
+    sent = await _discord(
+        gw.http().send_message(
+            msg.channel_id,
+            msg.content or None,
+            embeds=msg.embeds or None,
+            allowed_mentions=_mentions(msg.allowed_mentions),
+            message_reference=reference,
+        )
+    )
+    return {"message_id": str(sent["id"])}
+
+
+@service.request(EditMessage)
+async def edit_message(msg: EditMessage) -> dict[str, Any]:
+    fields: dict[str, Any] = {"allowed_mentions": _mentions(msg.allowed_mentions)}
+    if msg.content is not None:
+        fields["content"] = msg.content[:2000]
+    if msg.embeds is not None:
+        fields["embeds"] = msg.embeds
+    await _discord(gw.http().edit_message(msg.channel_id, msg.message_id, **fields))
+    return {}
+
+
+@service.request(DeleteMessage)
+async def delete_message(msg: DeleteMessage) -> dict[str, Any]:
+    await _discord(gw.http().delete_message(msg.channel_id, msg.message_id))
+    return {}
+
+
+@service.request(RenameChannel)
+async def rename_channel(msg: RenameChannel) -> dict[str, Any]:
+    """Refuses a third rename within 10 minutes instead of letting py-cord sleep on a 429."""
+    now = time.monotonic()
+    recent = gw.renames.setdefault(msg.channel_id, deque())
+    while recent and now - recent[0] > RENAME_WINDOW_S:
+        recent.popleft()
+    if len(recent) >= RENAMES_PER_WINDOW:
+        wait = RENAME_WINDOW_S - (now - recent[0])
+        raise Refused("rate_limited", f"retry_after={wait:.0f}")
+    recent.append(now)
+    await _discord(gw.http().edit_channel(msg.channel_id, name=msg.name))
+    return {}
+
+
+@service.request(CreateChannel)
+async def create_channel(msg: CreateChannel) -> dict[str, Any]:
+    kind = {"text": 0, "voice": 2}.get(msg.kind)
+    if kind is None:
+        raise Refused("bad_request", f"unknown channel kind {msg.kind!r}: use text or voice")
+    created = await _discord(gw.http().create_channel(msg.guild_id, kind, name=msg.name))
+    return {"channel_id": str(created["id"])}
+
+
+@service.request(Typing)
+async def typing(msg: Typing) -> dict[str, Any]:
+    await _discord(gw.http().send_typing(msg.channel_id))
+    return {}
+
+
+@service.request(SetPresence)
+async def set_presence(msg: SetPresence) -> dict[str, Any]:
+    client = gw.client
+    if client is None or client.ws is None or client.is_closed():
+        raise Refused("not_connected", "no Discord connection right now")
+    try:
+        status = discord.Status(msg.status)
+    except ValueError:
+        raise Refused("bad_request", f"unknown status {msg.status!r}") from None
+    activity: discord.BaseActivity | None = None
+    if msg.activity:
+        if msg.activity_type == "custom":
+            activity = discord.CustomActivity(name=msg.activity)
+        else:
+            kind = getattr(discord.ActivityType, msg.activity_type, discord.ActivityType.playing)
+            activity = discord.Activity(type=kind, name=msg.activity)
+    await client.change_presence(status=status, activity=activity)
+    return {}
+
+
+@service.request(CountsRequest)
+async def counts(msg: CountsRequest) -> dict[str, Any]:
+    guild = gw.guilds.get(msg.guild_id)
+    if guild is None:
+        raise Refused("not_found", "no guild known yet (not connected?)")
+    if msg.with_bans and guild.bans is None:
+        bans = await _discord(gw.http().get_bans(guild.id, limit=1000))
+        guild.bans = len(bans)
+    return guild.counts().to_body()
+
+
+@service.request(GuildInfoRequest)
+async def guild_info(msg: GuildInfoRequest) -> dict[str, Any]:
+    guild = gw.guilds.get(msg.guild_id)
+    if guild is None or gw.bot_id is None:
+        raise Refused("not_found", "no guild known yet (not connected?)")
+    return guild.ready(gw.bot_id).to_body()
+
+
+@service.request(EditInteraction)
+async def edit_interaction(msg: EditInteraction) -> dict[str, Any]:
+    inv = gw.interactions.get(msg.interaction_id)
+    if inv is None:
+        raise Refused("not_found", "unknown or expired interaction")
+    await _edit_original(inv, msg.content, msg.embeds)
+    return {}
+
+
+@service.request(InteractionFollowup)
+async def interaction_followup(msg: InteractionFollowup) -> dict[str, Any]:
+    inv = gw.interactions.get(msg.interaction_id)
+    if inv is None:
+        raise Refused("not_found", "unknown or expired interaction")
+    sent = await _discord(
+        gw.http().create_followup_message(
+            inv.application_id,
+            inv.token,
+            content=msg.content[:2000] or None,
+            embeds=msg.embeds or None,
+            allowed_mentions=NO_PINGS,
+        )
+    )
+    return {"message_id": str(sent["id"])}

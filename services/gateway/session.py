@@ -1,0 +1,58 @@
+"""What the gateway keeps on disk so its successor can RESUME the same Discord session.
+
+`seq` is saved only once every event up to it is in the outbox, so a RESUME
+from it replays exactly what was not yet safely stored. The guild state is
+saved beside it (py-cord's cache is empty after such a resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from loguru import logger
+
+
+@dataclass
+class SavedSession:
+    session_id: str
+    seq: int
+    resume_url: str | None = None
+    bot_user_id: str | None = None
+    guilds: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SessionFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> SavedSession | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return SavedSession(
+                str(data["session_id"]),
+                int(data["seq"]),
+                data.get("resume_url"),
+                data.get("bot_user_id"),
+                list(data.get("guilds", [])),
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable {} ({}): a fresh IDENTIFY follows", self.path, exc)
+            return None
+
+    def _write(self, session: SavedSession) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(session.__dict__))
+        os.replace(tmp, self.path)  # atomic: a crash leaves the old or the new file
+
+    async def save(self, session: SavedSession) -> None:
+        await anyio.to_thread.run_sync(self._write, session)
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
