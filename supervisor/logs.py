@@ -9,6 +9,7 @@ file: loguru rotates safely only within one process, so no file is shared.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,18 @@ def _journal_line(record: dict[str, Any]) -> str:
 TEXT = "{time:HH:mm:ss.SSS} {level:<7} {extra[service]:<12} {message}"
 
 
+class _ToLoguru(logging.Handler):
+    """Libraries that log through the standard library (py-cord, aiohttp) end up here,
+    so every line still names its service and follows the chosen format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
+
+
 def setup(
     service: str, log_format: str = "text", log_dir: Path | None = None, level: str = "INFO"
 ) -> None:
@@ -61,6 +74,7 @@ def setup(
     else:
         fmt = TEXT
     logger.add(sys.stderr, format=fmt, level=level, colorize=False, backtrace=False)
+    logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         logger.add(
