@@ -115,6 +115,7 @@ class Channel:
         # Whether the peer is there right now: lets a caller that must answer a
         # user within seconds (slash commands) say "restarting" at once.
         self.connected = False
+        self._connection_changed = anyio.Event()
         self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
         # Durable state, loaded from the outbox in run().
@@ -157,6 +158,15 @@ class Channel:
                 return  # closed
             event = parse_monitor_message(frames)["event"]
             self.connected = event == zmq.EVENT_CONNECTED
+            self._connection_changed.set()
+            self._connection_changed = anyio.Event()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once the peer is connected, False if it is not within `timeout`."""
+        with anyio.move_on_after(timeout):
+            while not self.connected:
+                await self._connection_changed.wait()
+        return self.connected
 
     def snapshot(self) -> dict[str, Any]:
         c = self.counters

@@ -131,6 +131,9 @@ async def log_in() -> None:
         sys.exit(2)
     gw.bot_id = str(gw.client.user.id) if gw.client.user else gw.bot_id
     await _register_commands()
+    assert service.bus is not None
+    for owner in set(service.ctx.topology.commands.values()):
+        service.bus.channel(owner)  # connect early: interactions must be answered within 3 s
 
 
 async def _register_commands() -> None:
@@ -312,7 +315,8 @@ async def answer_interaction(inv: Invocation) -> None:
         await _respond(inv, RESPOND_WITH_MESSAGE, message_data(UNKNOWN, ephemeral=True))
         return
     channel = service.bus.channel(owner)
-    if not channel.connected or not channel.breaker.allows():
+    # A fresh channel needs a moment to connect; a dead owner never will.
+    if not await channel.wait_connected(0.3) or not channel.breaker.allows():
         await _respond(inv, RESPOND_WITH_MESSAGE, message_data(RESTARTING, ephemeral=True))
         return
     _remember(inv)
