@@ -60,7 +60,8 @@ def test_receiver_killed_twice_mid_stream_loses_and_doubles_nothing(bot: Running
     assert result["rows"] == total  # every event stored, each exactly once (primary key)
     producer = bot.service("producer")
     wait_for(lambda: bot.service("producer")["channels"][0]["unacked"] == 0 or None, 10)
-    assert bot.service("echo")["restarts"] == 2
+    echo = bot.service("echo")
+    assert echo["restarts"] == 2, (echo["last_exit"], bot.output()[-3000:])
     assert producer["state"] == "RUNNING"
 
 

@@ -30,7 +30,11 @@ def test_ready_status_watchdog_and_stopping_are_sent(tmp_path: Path) -> None:
     messages: list[str] = []
     try:
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and sum("WATCHDOG=1" in m for m in messages) < 3:
+        def watchdogs_after_ready() -> int:
+            ready_at = next((i for i, m in enumerate(messages) if "READY=1" in m), None)
+            return 0 if ready_at is None else sum("WATCHDOG=1" in m for m in messages[ready_at:])
+
+        while time.monotonic() < deadline and watchdogs_after_ready() < 3:
             try:
                 messages.append(listener.recv(4096).decode())
             except TimeoutError:
