@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,8 +47,14 @@ def main(argv: list[str]) -> int:
         load_dotenv,
     )
 
-    data_dir = args.data_dir or Path("data")
+    # --data-dir is relative to where you are; services.toml's data_dir to the file.
+    data_dir = args.data_dir.absolute() if args.data_dir else None
     if args.command in ("status", "restart"):
+        if data_dir is None:
+            try:
+                data_dir = load(args.config).supervisor.data_dir
+            except ConfigError:
+                data_dir = Path("data").absolute()
         runtime_dir = data_dir / "run"
         try:
             if args.command == "status":
@@ -116,5 +121,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.chdir(HERE)
     sys.exit(main(sys.argv[1:]))
