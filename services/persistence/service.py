@@ -1,0 +1,218 @@
+"""The persistence service: stores what the gateway and the llm service publish, and
+answers the queries of protocol/store.py.
+
+A batch of events (up to 500 of one type, handed over by the runtime) is appended to
+the journal, committed to the database in one transaction, and only then does the
+handler return, after which the runtime acknowledges it. A database that cannot be
+used right now (locked, restarting) raises TransientError, so the sender redelivers
+later. All file and database work runs on a worker thread, one call at a time over
+one connection, never on the event loop.
+
+Settings: journal_max_mb (64), journal_fsync (false), sqlite_synchronous ("NORMAL"),
+sqlite_busy_timeout_ms (5000). Environment: DATABASE_URL, any peewee database URL
+(default: SQLite at DATA_DIR/bot.sqlite3).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from loguru import logger
+
+from protocol.discord import (
+    MemberBanned,
+    MemberJoined,
+    MemberLeft,
+    MemberUnbanned,
+    MessageCreated,
+    MessageDeleted,
+    MessageEdited,
+)
+from protocol.messages import Message
+from protocol.runtime import Service, TransientError
+from protocol.store import (
+    KvGet,
+    KvSet,
+    LlmExchange,
+    MemberEvents,
+    RecentMessages,
+    ReplyChain,
+    StoreCounts,
+    UsageRequest,
+)
+from services.persistence.journal import Journal
+from services.persistence.store import DatabaseUnavailable, Store, describe_url, open_database
+
+STORED_EVENTS: tuple[type[Message], ...] = (
+    MessageCreated,
+    MessageEdited,
+    MessageDeleted,
+    MemberJoined,
+    MemberLeft,
+    MemberBanned,
+    MemberUnbanned,
+    LlmExchange,
+)
+T = TypeVar("T")
+
+
+class Persistence:
+    """The store and the journal, and the worker thread they run on (one call at a time)."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.journal: Journal | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        # The bus is up before setup has opened the database: early events wait for it.
+        self._opened = anyio.Event()
+
+    async def open(self, data_dir: Path, settings: dict[str, Any]) -> None:
+        await anyio.to_thread.run_sync(self._open, data_dir, settings, limiter=self._limiter)
+        self._opened.set()
+
+    def _open(self, data_dir: Path, settings: dict[str, Any]) -> None:
+        url = os.environ.get("DATABASE_URL") or None
+        sqlite_path = data_dir / "bot.sqlite3"
+        where = describe_url(url) if url else str(sqlite_path)
+        db = open_database(
+            url,
+            sqlite_path,
+            synchronous=str(settings.get("sqlite_synchronous", "NORMAL")),
+            busy_timeout_ms=int(settings.get("sqlite_busy_timeout_ms", 5000)),
+        )
+        store = Store(db)
+        try:
+            before, after = store.open()
+        except Exception:
+            logger.error("cannot open the database at {}", where)
+            store.close()
+            raise
+        self.store = store
+        max_mb = float(settings.get("journal_max_mb", 64))
+        self.journal = Journal(
+            data_dir / "journal", int(max_mb * 1024 * 1024), bool(settings.get("journal_fsync"))
+        )
+        logger.info(
+            "database at {} (schema v{} -> v{}); journal {}",
+            where,
+            before,
+            after,
+            self.journal.path,
+        )
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+    def _close(self) -> None:
+        journal, store, self.journal, self.store = self.journal, self.store, None, None
+        if journal is not None:
+            journal.close()
+        if store is not None:
+            store.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the worker once the database is open."""
+        await self._opened.wait()
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def write(self, events: list[Message]) -> None:
+        """Journal, commit, return: the runtime acknowledges after this."""
+        try:
+            await self.run(self._write, events)
+        except DatabaseUnavailable as exc:
+            raise TransientError(f"database unavailable: {exc}") from exc
+        except OSError as exc:  # the journal's disk (full, read-only): nothing stored yet
+            logger.error("journal write failed: {!r}", exc)
+            raise TransientError(f"journal unavailable: {exc}") from exc
+
+    def _write(self, events: list[Message]) -> None:
+        if self.store is None or self.journal is None:  # stopping: not acked, redelivered
+            raise DatabaseUnavailable("the service is stopping")
+        type_name = events[0].TYPE
+        self.journal.append(type_name, [e.to_body() for e in events], time.time())
+        result = self.store.apply(type_name, events)
+        if result.skipped:
+            logger.warning("{}: {} stored, {} skipped", type_name, result.stored, result.skipped)
+
+    async def kv_set(self, req: KvSet) -> bool:
+        return await self.run(self._kv_set, req)
+
+    def _kv_set(self, req: KvSet) -> bool:
+        if self.store is None or self.journal is None:
+            raise DatabaseUnavailable("the service is stopping")
+        self.journal.append(KvSet.TYPE, [req.to_body()], time.time())
+        return self.store.kv_set(req)
+
+    def queries(self) -> Store:
+        if self.store is None:
+            raise DatabaseUnavailable("the service is stopping")
+        return self.store
+
+
+def build_service(name: str = "persistence") -> Service:
+    """A fresh service (tests run several in one process; the runtime uses `service`)."""
+    service = Service(name)
+    p = Persistence()
+
+    @service.setup
+    async def open_store() -> None:
+        assert service.ctx is not None
+        await p.open(service.ctx.data_dir, service.settings)
+
+    @service.teardown
+    async def close_store() -> None:
+        await p.close()
+
+    # --- what it listens to: every stored event type, in batches ----------------------
+
+    async def store_events(events: list[Message]) -> None:
+        await p.write(events)
+
+    for msg_type in STORED_EVENTS:
+        service.event(msg_type, batch=True)(store_events)
+
+    # --- what it answers ------------------------------------------------------------
+
+    @service.request(RecentMessages)
+    async def recent_messages(req: RecentMessages) -> dict[str, Any]:
+        rows = await p.run(
+            lambda: p.queries().recent_messages(
+                req.channel_id, req.limit, req.before_id, req.after_ts
+            )
+        )
+        return {"messages": rows}
+
+    @service.request(ReplyChain)
+    async def reply_chain(req: ReplyChain) -> dict[str, Any]:
+        rows = await p.run(lambda: p.queries().reply_chain(req.message_id, req.limit))
+        return {"messages": rows}
+
+    @service.request(MemberEvents)
+    async def member_events(req: MemberEvents) -> dict[str, Any]:
+        return await p.run(lambda: p.queries().member_events(req.guild_id, req.since, req.until))
+
+    @service.request(StoreCounts)
+    async def counts(_: StoreCounts) -> dict[str, Any]:
+        return await p.run(lambda: p.queries().counts())
+
+    @service.request(KvGet)
+    async def kv_get(req: KvGet) -> dict[str, Any]:
+        return {"value": await p.run(lambda: p.queries().kv_get(req.namespace, req.key))}
+
+    @service.request(KvSet)
+    async def kv_set(req: KvSet) -> dict[str, Any]:
+        return {"stored": await p.kv_set(req)}
+
+    @service.request(UsageRequest)
+    async def usage(req: UsageRequest) -> dict[str, Any]:
+        return await p.run(lambda: p.queries().usage(req.since, req.guild_id))
+
+    return service
+
+
+service = build_service()
