@@ -225,8 +225,17 @@ def restart_latency(kills: int) -> dict:
         cfg.write_text(SUPERVISED)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         sup = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), "--config", str(cfg), "--data-dir",
-             f"{tmp}/data"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "--config",
+                str(cfg),
+                "--data-dir",
+                f"{tmp}/data",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         runtime = Path(tmp) / "data" / "run"
 
