@@ -1,0 +1,52 @@
+"""The one place the stats service reads time from, so tests can move it.
+
+Monotonic seconds drive the rename throttle; wall seconds (Unix time) drive the
+report schedule. Both are the real clocks plus one offset that only grows, the
+same model as the Discord emulator's clock, so an end-to-end test can advance
+both together. `sleep` wakes early when the clock is advanced: a wait of ten
+minutes ends as soon as a test moves time ten minutes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+
+
+class Clock:
+    def __init__(
+        self,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+        self._offset = 0.0
+        self._advanced = anyio.Event()
+
+    def monotonic(self) -> float:
+        return self._monotonic() + self._offset
+
+    def wall(self) -> float:
+        return self._wall() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._offset += seconds
+        self._advanced.set()
+        self._advanced = anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` of this clock's time (real time passing, or advances)."""
+        until = self.monotonic() + seconds
+        while (left := until - self.monotonic()) > 0:
+            with anyio.move_on_after(left):
+                await self._advanced.wait()
+
+
+def fixed(wall: float, monotonic: float = 1000.0) -> Clock:
+    """A clock that stands still except through `advance`: for unit tests."""
+    return Clock(monotonic=lambda: monotonic, wall=lambda: wall)
