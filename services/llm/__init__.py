@@ -1,0 +1,5 @@
+"""The llm service: a language model answering in Discord (see service.py)."""
+
+from services.llm.service import service
+
+__all__ = ["service"]

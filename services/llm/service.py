@@ -1,0 +1,655 @@
+"""The llm service: answers people with a language model, streamed into Discord.
+
+Listens to
+- `discord.message.created`: answers an @mention, a reply to the bot, a DM, or anything
+  in a conversation channel; never bots (itself included), never @everyone alone;
+- `discord.guild.ready` / `discord.connection`: who the bot is, what places are called;
+- `discord.command` for /ask, /reset, /usage; `llm.stats` for its own counters.
+Does: gate (prompt length, breaker, rate limits) -> context (persistence) -> model
+(client.py) -> Discord (stream.py), and records each exchange.
+Sends: `discord.send`/`discord.edit`/`discord.typing` and `discord.interaction.*` to the
+gateway, `store.*` queries to persistence, and publishes the durable `llm.exchange`.
+
+Questions from events are answered in a task of their own, so the gateway's event lane
+is acknowledged at once and never waits for the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from loguru import logger
+
+from protocol.breaker import BreakerOpen
+from protocol.channel import RemoteError, RequestTimeout
+from protocol.discord import (
+    CommandAnswer,
+    CommandInvoked,
+    ConnectionState,
+    EditInteraction,
+    EditMessage,
+    GuildInfoRequest,
+    GuildReady,
+    InteractionFollowup,
+    MessageCreated,
+    SendMessage,
+    Typing,
+)
+from protocol.messages import Message
+from protocol.runtime import Service
+from protocol.store import KvGet, KvSet, LlmExchange, RecentMessages, ReplyChain, UsageRequest
+from services.llm.client import AnswerCache, Completion, LlmClient, LlmFailure, Stats
+from services.llm.conversation import (
+    Conversation,
+    Place,
+    Turn,
+    strip_mention,
+    system_prompt,
+    turns_from_rows,
+)
+from services.llm.messages import StatsRequest
+from services.llm.outcomes import Outcome
+from services.llm.ratelimit import RateLimiter
+from services.llm.settings import LlmSettings, SettingsWatcher, restart_only_changes
+from services.llm.stream import Pacer, ReplyStreamer, Sink, split_message
+
+RESET_NAMESPACE = "llm.reset"
+# KeyError: the peer is not in this deployment's topology at all.
+STORE_ERRORS = (RequestTimeout, BreakerOpen, RemoteError, KeyError)
+GATEWAY_ERRORS = (RequestTimeout, BreakerOpen, RemoteError, KeyError)
+# /reset and /usage are not deferred: the gateway waits 2 s for their answer.
+COMMAND_STORE_TIMEOUT_S = 1.5
+WORLD_RETRY_S = 30.0  # how often to ask the gateway who the bot is, while we don't know
+
+
+def build_service(name: str = "llm") -> Service:
+    """The service with fresh state (tests build one per test)."""
+    service = Service(name)
+    llm = Llm(service)
+    service.setup(llm.start)
+    service.task(llm.work)
+    service.task(llm.watch_settings)
+    service.teardown(llm.stop)
+    service.event(MessageCreated)(llm.on_message)
+    service.event(GuildReady)(llm.on_guild_ready)
+    service.event(ConnectionState)(llm.on_connection)
+    service.request(CommandInvoked)(llm.on_command)
+    service.request(StatsRequest)(llm.on_stats)
+    return service
+
+
+def should_answer(
+    msg: MessageCreated, bot_id: str | None, conversation_channels: tuple[str, ...]
+) -> bool:
+    """Whether a message is addressed to the bot."""
+    if msg.author_bot or (bot_id is not None and msg.author_id == bot_id):
+        return False
+    if msg.mention_everyone and not msg.mentions_bot:
+        return False  # @everyone / @here alone is not a question to the bot
+    if msg.is_dm or msg.mentions_bot:
+        return True
+    if bot_id is not None and msg.reply_to_author_id == bot_id:
+        return True
+    channels = set(conversation_channels)
+    return msg.channel_id in channels or (msg.channel_name or "") in channels
+
+
+def no_pings(allow_mentions: bool) -> dict[str, Any]:
+    """Discord's allowed_mentions: by default a reply pings nobody, whatever it says."""
+    if allow_mentions:
+        return {"parse": ["users"], "replied_user": True}
+    return {"parse": [], "replied_user": False}
+
+
+def defuse_mentions(text: str) -> str:
+    """Interaction responses carry no allowed_mentions (the gateway sends them pinging
+    nobody); belt and braces against a mass ping if that ever changes."""
+    return text.replace("@everyone", "@\u200beveryone").replace("@here", "@\u200bhere")
+
+
+@dataclass
+class Gate:
+    outcome: Outcome
+    retry_in_s: float | None = None
+    say: bool = True  # False: the user was already told to slow down
+
+
+class Llm:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = LlmSettings()
+        self.client: LlmClient | None = None
+        self.cache = AnswerCache(self.settings.cache_ttl_s)
+        self.stats = Stats()
+        self.limiter = RateLimiter(self.settings.user_rate, self.settings.guild_rate)
+        self.pacer = Pacer(self.settings.edit_interval_s)
+        self.watcher = SettingsWatcher.from_env(service.name)
+        self.bot_id: str | None = None
+        self.guild_names: dict[str, str] = {}
+        self.channel_names: dict[str, str] = {}
+        self.reset_marks: dict[str, float | None] = {}
+        self.warned_until: dict[str, float] = {}
+        self.slots = anyio.Semaphore(self.settings.max_concurrent)
+        self._jobs_in: MemoryObjectSendStream[Callable[[], Awaitable[None]]]
+        self._jobs_out: MemoryObjectReceiveStream[Callable[[], Awaitable[None]]]
+        self._jobs_in, self._jobs_out = anyio.create_memory_object_stream(100)
+        self._work_scope: anyio.CancelScope | None = None
+        self._world_asked_at = -WORLD_RETRY_S
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._apply(LlmSettings.effective(self.service.settings))
+        self.slots = anyio.Semaphore(self.settings.max_concurrent)
+        self.client = LlmClient(self.settings, os.environ.get("OPENAI_API_KEY"))
+        await self.watcher.prime()
+        logger.info("llm: model {} at {}", self.settings.model, self.settings.base_url)
+
+    async def stop(self) -> None:
+        """Stop answering first (so no half-answer meets a closed client), then close it."""
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+        self._jobs_in.close()
+        if self.client is not None:
+            await self.client.close()
+
+    def _apply(self, new: LlmSettings) -> None:
+        self.settings = new
+        self.limiter.configure(new.user_rate, new.guild_rate)
+        self.pacer.interval_s = new.edit_interval_s
+        self.cache.ttl_s = new.cache_ttl_s
+        if self.client is not None:
+            self.client.configure(new)
+
+    async def watch_settings(self) -> None:
+        """Prompts, channels and limits follow services.toml without a restart."""
+        if self.watcher.path is None:
+            return
+        while True:
+            await anyio.sleep(self.settings.reload_interval_s)
+            raw = await self.watcher.poll()
+            if raw is None:
+                continue
+            new = LlmSettings.effective(raw)
+            pending = restart_only_changes(self.settings, new)
+            if pending:
+                logger.warning("llm settings {} change only on restart", ", ".join(pending))
+            self._apply(new)
+            logger.info("llm settings reloaded from {}", self.watcher.path)
+
+    async def work(self) -> None:
+        """Runs the answers to messages, at most `max_concurrent` at a time."""
+        with anyio.CancelScope() as scope:
+            self._work_scope = scope
+            async with anyio.create_task_group() as tg, self._jobs_out:
+                async for job in self._jobs_out:
+                    await self.slots.acquire()
+                    tg.start_soon(self._run_job, job)
+
+    async def _run_job(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:
+            log_failure("answering failed", exc)
+        finally:
+            self.slots.release()
+
+    # --- who the bot is, what places are called -------------------------------------
+
+    async def on_connection(self, ev: ConnectionState) -> None:
+        if ev.bot_user_id:
+            self.bot_id = ev.bot_user_id
+
+    async def on_guild_ready(self, ev: GuildReady) -> None:
+        self.bot_id = ev.bot_user_id
+        self.guild_names[ev.guild_id] = ev.name
+        for ch in ev.channels:
+            if "id" in ch and "name" in ch:
+                self.channel_names[str(ch["id"])] = str(ch["name"])
+
+    def _place(self, user: str, channel_id: str | None, guild_id: str | None) -> Place:
+        return Place(
+            user=user,
+            channel_id=channel_id,
+            channel=self.channel_names.get(channel_id or "", ""),
+            guild_id=guild_id,
+            guild=self.guild_names.get(guild_id or "", ""),
+        )
+
+    # --- messages -------------------------------------------------------------------
+
+    async def on_message(self, msg: MessageCreated) -> None:
+        if msg.channel_name:
+            self.channel_names[msg.channel_id] = msg.channel_name
+        if self.bot_id is None and msg.reply_to_author_id:
+            await self._learn_world(msg.guild_id)  # else replies to the bot go unnoticed
+        if not should_answer(msg, self.bot_id, self.settings.conversation_channels):
+            return
+        try:
+            self._jobs_in.send_nowait(lambda: self.answer_message(msg))
+        except anyio.WouldBlock:
+            logger.warning("llm: too many questions waiting; {} dropped", msg.id)
+        except anyio.ClosedResourceError:
+            pass  # stopping
+
+    async def _learn_world(self, guild_id: str | None) -> None:
+        """We started after the gateway's guild.ready: ask it (rarely) who the bot is."""
+        now = time.monotonic()
+        if now < self._world_asked_at + WORLD_RETRY_S:
+            return
+        self._world_asked_at = now
+        try:
+            body = await self.service.call("gateway", GuildInfoRequest(guild_id), timeout=1.0)
+            await self.on_guild_ready(GuildReady(**body))
+        except (*GATEWAY_ERRORS, TypeError) as exc:
+            logger.warning("llm: the bot's user id is not known yet ({})", exc)
+
+    async def answer_message(self, msg: MessageCreated) -> None:
+        started = time.monotonic()
+        s = self.settings
+        text = strip_mention(msg.content, self.bot_id) or msg.content.strip()
+        sink = ChannelSink(self, msg.channel_id, msg.id)
+        gate = self._gate(msg.author_id, msg.guild_id, text)
+        if gate is not None:
+            if gate.say:
+                await self.pacer.turn(msg.channel_id)
+                await sink.send(0, gate.outcome.message(gate.retry_in_s, s.max_prompt_chars))
+            await self._record(msg.id, msg.guild_id, msg.channel_id, msg.author_id, gate.outcome)
+            return
+        place = self._place(msg.author_name, msg.channel_id, msg.guild_id)
+        convo = await self._conversation(msg, text, place)
+        outcome, completion, _ = await self._answer(convo, sink, msg.channel_id)
+        await self._record(
+            msg.id, msg.guild_id, msg.channel_id, msg.author_id, outcome, completion, started
+        )
+
+    def _gate(self, user_id: str, guild_id: str | None, text: str) -> Gate | None:
+        """Refusals that cost no API call: too long, model known down, too many questions."""
+        s = self.settings
+        if len(text) > s.max_prompt_chars:
+            return Gate(Outcome.PROMPT_TOO_LONG)
+        assert self.client is not None
+        down_for = self.client.unavailable_for()
+        if down_for is not None:
+            return Gate(Outcome.MODEL_UNAVAILABLE, down_for)
+        wait = self.limiter.check(user_id, guild_id)
+        if wait > 0:
+            now = time.monotonic()
+            say = self.warned_until.get(user_id, 0.0) <= now  # tell them once per wait
+            if say:
+                if len(self.warned_until) > 10_000:
+                    self.warned_until = {u: t for u, t in self.warned_until.items() if t > now}
+                self.warned_until[user_id] = now + wait
+            return Gate(Outcome.RATE_LIMITED_USER, wait, say)
+        return None
+
+    async def _conversation(self, msg: MessageCreated, text: str, place: Place) -> Conversation:
+        """The reply chain, else the channel's recent messages; just the message if the
+        store does not answer (an answer without context beats no answer)."""
+        s = self.settings
+        rows: list[dict[str, Any]] = []
+        reset_at: float | None = None
+        try:
+            try:
+                reset_at = await self._reset_mark(msg.channel_id)
+            except RemoteError as exc:  # answered, but not this: the history may still work
+                logger.warning("llm: no /reset mark for {}: {}", msg.channel_id, exc)
+            query: Message
+            if msg.reply_to_id:
+                query = ReplyChain(msg.reply_to_id, limit=s.history_limit)
+            else:
+                query = RecentMessages(msg.channel_id, limit=s.history_limit, after_ts=reset_at)
+            rows = _rows(await self.service.call("persistence", query, timeout=s.store_timeout_s))
+        except STORE_ERRORS as exc:
+            logger.warning("llm: no conversation history ({}): answering {} alone", exc, msg.id)
+        turns = turns_from_rows(
+            rows, self.bot_id, exclude_id=msg.id, before_ts=msg.created_at, after_ts=reset_at
+        )
+        turns.append(Turn("user", text, msg.author_name, msg.id))
+        return Conversation(system_prompt(s, place), tuple(turns))
+
+    async def _reset_mark(self, channel_id: str) -> float | None:
+        if channel_id not in self.reset_marks:
+            body = await self.service.call(
+                "persistence",
+                KvGet(RESET_NAMESPACE, channel_id),
+                timeout=self.settings.store_timeout_s,
+            )
+            value = body.get("value")
+            self.reset_marks[channel_id] = float(value) if isinstance(value, int | float) else None
+        return self.reset_marks[channel_id]
+
+    # --- asking the model and streaming the answer ------------------------------------
+
+    async def _answer(
+        self, convo: Conversation, sink: Sink, key: str, cache_key: str | None = None
+    ) -> tuple[Outcome, Completion | None, list[str]]:
+        """Stream the answer into `sink` (typing until the first words); returns the
+        outcome, the completion if any, and the parts finally shown."""
+        streamer = ReplyStreamer(sink, self.pacer, key, self.settings.split_at)
+        async with anyio.create_task_group() as typing:
+            typing.start_soon(self._keep_typing, sink, streamer.first_write)
+            async with anyio.create_task_group() as writer:
+                writer.start_soon(streamer.run)
+                outcome, completion = await self._ask_model(convo, streamer, cache_key)
+            typing.cancel_scope.cancel()
+        return outcome, completion, streamer.parts
+
+    async def _ask_model(
+        self, convo: Conversation, streamer: ReplyStreamer, cache_key: str | None
+    ) -> tuple[Outcome, Completion | None]:
+        """The cached answer, the model's, or the failure's one message (after any text
+        already shown: the user sees the answer was cut short, and why)."""
+        s = self.settings
+        cached = self.cache.get(cache_key) if cache_key else None
+        if cached is not None:
+            streamer.finish(cached)
+            return Outcome.CACHE_HIT, None
+        try:
+            try:
+                with anyio.fail_after(s.answer_deadline_s):
+                    completion = await self._complete(convo, streamer.feed)
+            except TimeoutError:
+                raise LlmFailure(Outcome.TIMEOUT, detail="answer deadline") from None
+        except LlmFailure as exc:
+            note = exc.outcome.message(exc.retry_in_s, s.max_prompt_chars)
+            shown = streamer.text.rstrip()
+            streamer.finish(f"{shown}\n\n*{note}*" if shown else note)
+            return exc.outcome, None
+        streamer.finish(completion.text)
+        if cache_key:
+            self.cache.put(cache_key, completion.text)
+        if s.log_prompts:
+            logger.info("llm answer: {!r}", completion.text)
+        return Outcome.OK, completion
+
+    async def _complete(self, convo: Conversation, on_delta: Callable[[str], None]) -> Completion:
+        """Ask the model; `context_length_exceeded` halves the token budget and asks again."""
+        s = self.settings
+        assert self.client is not None
+        budget = s.max_context_tokens
+        for attempt in range(s.context_retries + 1):
+            trimmed = convo.trimmed(budget)
+            if s.log_prompts:
+                logger.info("llm prompt: {!r}", trimmed.to_messages())
+            try:
+                return await self.client.stream(trimmed.to_messages(), on_delta)
+            except LlmFailure as exc:
+                last_try = attempt == s.context_retries or len(trimmed.turns) <= 1
+                if exc.outcome is not Outcome.CONTEXT_TOO_LONG or last_try:
+                    raise
+                budget = min(budget, trimmed.tokens()) // 2
+                logger.info("llm: context too long; trimming to {} tokens", budget)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _keep_typing(self, sink: Sink, first_write: anyio.Event) -> None:
+        """Discord shows "typing" for 10 s: renew it until the first words are out."""
+        while not first_write.is_set():
+            await sink.typing()
+            with anyio.move_on_after(self.settings.typing_interval_s):
+                await first_write.wait()
+
+    async def _record(
+        self,
+        exchange_id: str,
+        guild_id: str | None,
+        channel_id: str | None,
+        user_id: str,
+        outcome: Outcome,
+        completion: Completion | None = None,
+        started: float | None = None,
+    ) -> None:
+        latency_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
+        self.stats.record(outcome, latency_ms if started is not None else None)
+        prompt_tokens = completion.prompt_tokens if completion else 0
+        completion_tokens = completion.completion_tokens if completion else 0
+        logger.info(
+            "llm: {} {} in {:.0f} ms ({}+{} tokens)",
+            exchange_id,
+            outcome.value,
+            latency_ms,
+            prompt_tokens,
+            completion_tokens,
+        )
+        exchange = LlmExchange(
+            id=exchange_id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            model=self.settings.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=latency_ms,
+            outcome=outcome.value,
+            at=time.time(),
+        )
+        try:
+            await self.service.publish(exchange)
+        except Exception as exc:
+            log_failure(f"could not record exchange {exchange_id}", exc)
+
+    # --- slash commands -------------------------------------------------------------
+
+    async def on_command(self, cmd: CommandInvoked) -> CommandAnswer:
+        if cmd.command == "ask":
+            return await self.ask(cmd)
+        if cmd.command == "reset":
+            return await self.reset(cmd)
+        if cmd.command == "usage":
+            return await self.usage(cmd)
+        return CommandAnswer(f"llm does not answer /{cmd.command}", ephemeral=True)
+
+    async def ask(self, cmd: CommandInvoked) -> CommandAnswer:
+        """/ask prompt: a standalone question (no history), cached for identical ones."""
+        started = time.monotonic()
+        s = self.settings
+        prompt = str(cmd.options.get("prompt", "")).strip()
+        gate = self._gate(cmd.user_id, cmd.guild_id, prompt)
+        if gate is not None:
+            await self._record(
+                cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, gate.outcome
+            )
+            text = gate.outcome.message(gate.retry_in_s, s.max_prompt_chars)
+            return CommandAnswer(text, ephemeral=True)
+        place = self._place(cmd.user_name, cmd.channel_id, cmd.guild_id)
+        convo = Conversation(
+            system_prompt(s, place), (Turn("user", prompt, cmd.user_name, cmd.interaction_id),)
+        )
+        cache_key = AnswerCache.key(s.model, convo.to_messages())
+        sink: Sink = InteractionSink(self, cmd.interaction_id) if cmd.deferred else NullSink()
+        # Interaction edits go to the interaction's webhook (its own Discord rate limit),
+        # not the channel's: paced per interaction, they don't queue behind channel answers.
+        key = f"interaction:{cmd.interaction_id}"
+        async with self.slots:
+            outcome, completion, parts = await self._answer(convo, sink, key, cache_key)
+        await self._record(
+            cmd.interaction_id,
+            cmd.guild_id,
+            cmd.channel_id,
+            cmd.user_id,
+            outcome,
+            completion,
+            started,
+        )
+        first = parts[0] if parts else ""
+        if not cmd.deferred and len(parts) > 1:
+            first += "\n…"  # not deferred: no follow-ups can come before this answer
+        content = first if s.allow_mentions else defuse_mentions(first)
+        return CommandAnswer(content, ephemeral=not outcome.ok)
+
+    async def reset(self, cmd: CommandInvoked) -> CommandAnswer:
+        """/reset: messages before now are no longer part of this channel's conversation."""
+        if cmd.channel_id is None:
+            return CommandAnswer("Use /reset in a channel.", ephemeral=True)
+        now = time.time()
+        self.reset_marks[cmd.channel_id] = now
+        try:
+            await self.service.call(
+                "persistence",
+                KvSet(RESET_NAMESPACE, cmd.channel_id, now),
+                timeout=min(self.settings.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
+            )
+        except STORE_ERRORS as exc:
+            logger.warning("llm: /reset not stored ({}): it lasts until llm restarts", exc)
+            return CommandAnswer(
+                "Fresh start: I've forgotten this channel's conversation "
+                "(until I restart: my store is not answering)."
+            )
+        return CommandAnswer("Fresh start: I've forgotten this channel's conversation.")
+
+    async def usage(self, cmd: CommandInvoked) -> CommandAnswer:
+        """/usage: this guild's recent exchanges, tokens, latency and outcomes."""
+        s = self.settings
+        since = time.time() - s.usage_window_s
+        try:
+            body = await self.service.call(
+                "persistence",
+                UsageRequest(since, cmd.guild_id),
+                timeout=min(s.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
+            )
+        except STORE_ERRORS as exc:
+            logger.warning("llm: /usage failed: {}", exc)
+            return CommandAnswer(
+                "Usage is not available right now; try again later.", ephemeral=True
+            )
+        return CommandAnswer(format_usage(body, s.usage_window_s))
+
+    async def on_stats(self, _: StatsRequest) -> dict[str, Any]:
+        assert self.client is not None
+        return self.stats.snapshot(self.cache, self.client.breaker)
+
+    # --- talking to the gateway -----------------------------------------------------
+
+    async def gateway(self, msg: Message) -> dict[str, Any] | None:
+        """A request to the gateway; None (logged) if it failed: Discord output is best effort."""
+        try:
+            return await self.service.call("gateway", msg, timeout=self.settings.gateway_timeout_s)
+        except GATEWAY_ERRORS as exc:
+            logger.warning("llm: {} failed: {}", msg.TYPE, exc)
+            return None
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """A traceback without local variables (loguru's would show prompts and answers)."""
+    logger.error("llm: {}: {}", what, "".join(traceback.format_exception(exc)).rstrip())
+
+
+def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored messages of a persistence answer (`{messages: [...]}`)."""
+    rows = body.get("messages")
+    if rows is None:
+        rows = next((v for v in body.values() if isinstance(v, list)), [])
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def format_usage(body: dict[str, Any], window_s: float) -> str:
+    days = max(1, round(window_s / 86400))
+    p50 = body.get("latency_p50_ms")
+    latency = f", median {p50:.0f} ms" if isinstance(p50, int | float) else ""
+    outcomes = body.get("by_outcome") or {}
+    lines = [
+        f"**Language model, last {days} day{'s' if days != 1 else ''}**",
+        f"{body.get('exchanges', 0)} questions{latency}",
+        f"{body.get('prompt_tokens', 0)} prompt + {body.get('completion_tokens', 0)} "
+        "completion tokens",
+    ]
+    if outcomes:
+        lines.append(", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+    return "\n".join(lines)
+
+
+class ChannelSink:
+    """An answer in a channel: a reply, edited in place, continued in new messages."""
+
+    def __init__(self, llm: Llm, channel_id: str, reply_to_id: str | None) -> None:
+        self.llm = llm
+        self.channel_id = channel_id
+        self.reply_to_id = reply_to_id
+        self.ids: list[str | None] = []
+
+    def _mentions(self) -> dict[str, Any]:
+        return no_pings(self.llm.settings.allow_mentions)
+
+    async def send(self, index: int, content: str) -> bool:
+        msg = SendMessage(
+            self.channel_id,
+            content,
+            reply_to_id=self.reply_to_id if index == 0 else None,
+            allowed_mentions=self._mentions(),
+        )
+        body = await self.llm.gateway(msg)
+        if body is None:
+            return False
+        message_id = body.get("id") or body.get("message_id")
+        if message_id is None:
+            logger.warning("llm: the gateway's discord.send reply has no id: cannot edit")
+        self.ids.append(str(message_id) if message_id is not None else None)
+        return True
+
+    async def edit(self, index: int, content: str) -> bool:
+        message_id = self.ids[index]
+        if message_id is None:
+            return False
+        msg = EditMessage(self.channel_id, message_id, content, allowed_mentions=self._mentions())
+        return await self.llm.gateway(msg) is not None
+
+    def editable(self, index: int) -> bool:
+        return index >= len(self.ids) or self.ids[index] is not None
+
+    async def typing(self) -> None:
+        await self.llm.gateway(Typing(self.channel_id))
+
+
+class InteractionSink:
+    """A deferred /ask: the original response is edited; further parts are follow-ups."""
+
+    def __init__(self, llm: Llm, interaction_id: str) -> None:
+        self.llm = llm
+        self.interaction_id = interaction_id
+
+    def _safe(self, content: str) -> str:
+        return content if self.llm.settings.allow_mentions else defuse_mentions(content)
+
+    async def send(self, index: int, content: str) -> bool:
+        if index == 0:
+            return await self.edit(0, content)
+        msg = InteractionFollowup(self.interaction_id, self._safe(content))
+        return await self.llm.gateway(msg) is not None
+
+    async def edit(self, index: int, content: str) -> bool:
+        msg = EditInteraction(self.interaction_id, self._safe(content))
+        return await self.llm.gateway(msg) is not None
+
+    def editable(self, index: int) -> bool:
+        return index == 0
+
+    async def typing(self) -> None:
+        return None  # Discord already shows "thinking..."
+
+
+class NullSink:
+    """An /ask the gateway did not defer: nothing can be shown before the answer."""
+
+    async def send(self, index: int, content: str) -> bool:
+        return True
+
+    async def edit(self, index: int, content: str) -> bool:
+        return True
+
+    def editable(self, index: int) -> bool:
+        return False
+
+    async def typing(self) -> None:
+        return None
+
+
+__all__ = ["Llm", "build_service", "should_answer", "split_message"]
+
+service = build_service()

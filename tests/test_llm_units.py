@@ -1,0 +1,431 @@
+"""The llm service's pure logic with plain fakes: splitting, pacing, streaming, trimming,
+token buckets, outcomes, who gets answered, system prompts, settings and the cache."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.discord import MessageCreated
+from sandbox.openai_standin import long_answer
+from services.llm.client import AnswerCache, Stats
+from services.llm.conversation import Conversation, Place, Turn, system_prompt, turns_from_rows
+from services.llm.outcomes import Outcome
+from services.llm.ratelimit import Rate, RateLimiter
+from services.llm.service import defuse_mentions, format_usage, no_pings, should_answer
+from services.llm.settings import LlmSettings, SettingsWatcher
+from services.llm.stream import DISCORD_LIMIT, Pacer, ReplyStreamer, split_message
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- splitting ---------------------------------------------------------------------------
+
+
+def fences_balanced(part: str) -> bool:
+    return part.count("```") % 2 == 0
+
+
+def test_a_long_answer_splits_below_the_limit_with_every_fence_closed_and_reopened() -> None:
+    text = long_answer(5000)
+    parts = split_message(text, 1900)
+    assert len(parts) >= 3
+    assert all(len(p) <= 1900 for p in parts)
+    assert all(fences_balanced(p) for p in parts)
+    # The block is cut: the next part reopens it with the same language.
+    opened = [p for p in parts if p.startswith("```python")]
+    assert opened, "the continuation reopens the code block"
+    # Nothing is lost: every line of the answer is in the parts, in order.
+    joined = "\n".join(parts)
+    for line in filter(None, (ln.strip() for ln in text.splitlines())):
+        assert line in joined
+
+
+def test_short_text_is_one_part_and_splits_fall_on_line_boundaries() -> None:
+    assert split_message("hello") == ["hello"]
+    assert split_message("") == [""]
+    lines = [f"line {i:03d} " + "x" * 40 for i in range(100)]
+    parts = split_message("\n".join(lines), 500)
+    assert all(len(p) <= 500 for p in parts)
+    assert [ln for p in parts for ln in p.split("\n")] == lines
+
+
+def test_a_line_longer_than_a_message_is_cut_at_a_space() -> None:
+    words = " ".join(f"word{i}" for i in range(1000))
+    parts = split_message(words, 1900)
+    assert all(len(p) <= 1900 for p in parts)
+    assert "".join(parts).replace(" ", "") == words.replace(" ", "")
+    assert all(not p.startswith("ord") for p in parts[1:])  # no word cut in two
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="ab `\n", max_size=150),
+            st.sampled_from(["```py\n", "```\n", "\n```js\n", "x" * 400, " " * 40]),
+        ),
+        max_size=40,
+    ),
+    st.integers(120, 1900),
+)
+def test_every_prefix_splits_stably_so_finished_parts_never_change(
+    chunks: list[str], limit: int
+) -> None:
+    """What makes streaming safe: a part followed by another is final."""
+    text = "".join(chunks)
+    final = split_message(text, limit)
+    assert all(len(p) <= limit for p in final)
+    assert all(fences_balanced(p) for p in final[:-1])  # the last is as the model left it
+    for cut in range(0, len(text), 11):
+        parts = split_message(text[:cut], limit)
+        assert parts[:-1] == final[: len(parts) - 1]
+
+
+# --- pacing and streaming ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_pacer_spaces_writes_per_channel_but_not_across_channels() -> None:
+    pacer = Pacer(0.05)
+    stamps: dict[str, list[float]] = {"a": [], "b": []}
+    for key in ("a", "a", "a", "b"):
+        await pacer.turn(key)
+        stamps[key].append(time.monotonic())
+    gaps = [y - x for x, y in zip(stamps["a"], stamps["a"][1:], strict=False)]
+    assert all(g >= 0.045 for g in gaps)
+    assert stamps["b"][0] - stamps["a"][-1] < 0.04  # another channel did not wait
+
+
+class FakeSink:
+    def __init__(self, editable_after_send: bool = True) -> None:
+        self.log: list[tuple[str, int, str]] = []
+        self.shown: dict[int, str] = {}
+        self._editable = editable_after_send
+
+    async def send(self, index: int, content: str) -> bool:
+        assert len(content) < DISCORD_LIMIT
+        self.log.append(("send", index, content))
+        self.shown[index] = content
+        return True
+
+    async def edit(self, index: int, content: str) -> bool:
+        self.log.append(("edit", index, content))
+        self.shown[index] = content
+        return True
+
+    def editable(self, index: int) -> bool:
+        return self._editable or index == 0
+
+    async def typing(self) -> None:
+        return None
+
+
+@pytest.mark.anyio
+async def test_the_streamer_sends_then_edits_coalescing_tokens_and_ends_with_the_full_text() -> (
+    None
+):
+    sink = FakeSink()
+    streamer = ReplyStreamer(sink, Pacer(0.05), "chan")
+    words = [f"w{i} " for i in range(40)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streamer.run)
+        for w in words:
+            streamer.feed(w)
+            await anyio.sleep(0.005)
+        streamer.finish()
+    assert sink.log[0][0] == "send"
+    assert all(kind == "edit" and i == 0 for kind, i, _ in sink.log[1:])
+    assert 2 <= len(sink.log) < len(words) / 2  # tokens coalesced into few edits
+    assert sink.shown == {0: "".join(words).strip()}
+
+
+@pytest.mark.anyio
+async def test_the_streamer_moves_to_a_new_message_and_finishes_the_previous_one() -> None:
+    sink = FakeSink()
+    streamer = ReplyStreamer(sink, Pacer(0.0), "chan", limit=200)
+    text = long_answer(1000)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streamer.run)
+        for i in range(0, len(text), 37):
+            streamer.feed(text[i : i + 37])
+            await anyio.lowlevel.checkpoint()
+        streamer.finish()
+    assert [sink.shown[i] for i in sorted(sink.shown)] == split_message(text, 200)
+    sends = [i for kind, i, _ in sink.log if kind == "send"]
+    assert sends == sorted(sends) == list(range(len(sink.shown)))
+
+
+@pytest.mark.anyio
+async def test_parts_that_cannot_be_edited_are_only_sent_once_final() -> None:
+    sink = FakeSink(editable_after_send=False)
+    streamer = ReplyStreamer(sink, Pacer(0.0), "i", limit=200)
+    text = long_answer(800)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streamer.run)
+        for i in range(0, len(text), 25):
+            streamer.feed(text[i : i + 25])
+            await anyio.lowlevel.checkpoint()
+        streamer.finish()
+    assert not [1 for kind, i, _ in sink.log if kind == "edit" and i > 0]
+    assert [sink.shown[i] for i in sorted(sink.shown)] == split_message(text, 200)
+
+
+@pytest.mark.anyio
+async def test_a_failure_note_replaces_the_streamed_text_at_the_end() -> None:
+    sink = FakeSink()
+    streamer = ReplyStreamer(sink, Pacer(0.0), "chan")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streamer.run)
+        streamer.feed("half an ans")
+        await anyio.sleep(0.01)
+        streamer.finish("half an ans\n\n*broken*")
+    assert sink.shown == {0: "half an ans\n\n*broken*"}
+
+
+# --- conversations -----------------------------------------------------------------------
+
+
+def test_trimming_keeps_the_newest_turns_and_always_the_question() -> None:
+    turns = tuple(Turn("user" if i % 2 else "assistant", f"{i} " + "x" * 396) for i in range(10))
+    convo = Conversation("system prompt", turns)
+    assert convo.trimmed(100_000) == convo
+    trimmed = convo.trimmed(350)  # ~104 tokens a turn
+    assert trimmed.turns == turns[-3:]
+    assert trimmed.tokens() <= 350
+    assert convo.trimmed(1).turns == turns[-1:]
+
+
+def test_stored_messages_map_to_roles_after_the_reset_and_before_the_question() -> None:
+    rows = [
+        {"id": "1", "author_id": "u1", "author_name": "ann", "content": "old", "created_at": 1.0},
+        {"id": "2", "author_id": "u1", "author_name": "ann", "content": "<@B> hi", "created_at": 5},
+        {"id": "3", "author_id": "B", "author_name": "bot", "content": "part one", "created_at": 6},
+        {"id": "4", "author_id": "B", "author_name": "bot", "content": "part two", "created_at": 6},
+        {"id": "5", "author_id": "x", "author_bot": True, "content": "other bot", "created_at": 7},
+        {"id": "6", "author_id": "u2", "author_name": "bob", "content": "me", "created_at": 8},
+        {"id": "7", "author_id": "u1", "content": "deleted", "deleted": True, "created_at": 8},
+        {"id": "9", "author_id": "u1", "content": "the question itself", "created_at": 9},
+        {"id": "10", "author_id": "u1", "content": "after the question", "created_at": 10},
+    ]
+    turns = turns_from_rows(rows, "B", exclude_id="9", before_ts=9.0, after_ts=2.0)
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "hi"),
+        ("assistant", "part one\npart two"),
+        ("user", "me"),
+    ]
+    convo = Conversation("sys", (*turns, Turn("user", "q", "ann")))
+    # Two people talking: each user line says who spoke.
+    assert convo.to_messages()[1] == {"role": "user", "content": "ann: hi"}
+    assert convo.to_messages()[0] == {"role": "system", "content": "sys"}
+
+
+def test_system_prompt_per_channel_then_guild_with_placeholders() -> None:
+    s = LlmSettings.parse(
+        {
+            "system_prompt": "Default for {user} in {guild} #{channel} on {date} {unknown}",
+            "system_prompts": {"c2": "Channel prompt for {user}", "g1": "Guild {guild}"},
+        }
+    )
+    day = dt.date(2025, 1, 2)
+    place = Place("ann", "c1", "general", "g9", "Cafe")
+    assert (
+        system_prompt(s, place, day) == "Default for ann in Cafe #general on 2025-01-02 {unknown}"
+    )
+    assert system_prompt(s, Place("ann", "c2", "x", "g1", "Cafe"), day) == "Channel prompt for ann"
+    assert system_prompt(s, Place("ann", "c3", "x", "g1", "Cafe"), day) == "Guild Cafe"
+    dm = system_prompt(s, Place("ann"), day)
+    assert "a direct message #DM" in dm
+    broken = LlmSettings.parse({"system_prompt": "stray { brace"})
+    assert system_prompt(broken, place, day) == "stray { brace"
+
+
+# --- rate limits -------------------------------------------------------------------------
+
+
+def test_user_bucket_refuses_without_taking_and_refills() -> None:
+    clock = Clock()
+    limiter = RateLimiter(Rate(2, 10), Rate(100, 10), clock)
+    assert limiter.check("u", "g") == 0
+    assert limiter.check("u", "g") == 0
+    wait = limiter.check("u", "g")
+    assert wait == pytest.approx(5.0)
+    assert limiter.check("other", "g") == 0  # someone else is not held up
+    clock.now += 5
+    assert limiter.check("u", "g") == 0
+
+
+def test_guild_bucket_is_shared_and_a_refusal_costs_the_user_nothing() -> None:
+    clock = Clock()
+    limiter = RateLimiter(Rate(5, 10), Rate(2, 10), clock)
+    assert limiter.check("a", "g") == 0
+    assert limiter.check("b", "g") == 0
+    assert limiter.check("c", "g") > 0  # the guild is out
+    assert limiter.check("c", None) == 0  # a DM has no guild bucket
+    clock.now += 5  # one guild token back
+    assert limiter.check("c", "g") == 0
+
+
+def test_rates_parse_from_toml_tables() -> None:
+    assert Rate.parse({"tokens": 5, "per_s": 60}, Rate(1, 1)) == Rate(5, 60)
+    assert Rate.parse({"tokens": 0, "per_s": 60}, Rate(1, 1)) == Rate(1, 1)
+    assert Rate.parse("5/min", Rate(1, 1)) == Rate(1, 1)
+
+
+# --- outcomes ----------------------------------------------------------------------------
+
+
+def test_each_outcome_has_one_message_and_successes_have_none() -> None:
+    messages = {o: o.message(12.2, 4000) for o in Outcome}
+    assert messages[Outcome.OK] == messages[Outcome.CACHE_HIT] == ""
+    failures = [m for o, m in messages.items() if not o.ok]
+    assert all(failures) and len(set(failures)) == len(failures)
+    assert messages[Outcome.MODEL_UNAVAILABLE] == "The model is unavailable, try again in 13 s."
+    assert "slow down" in messages[Outcome.RATE_LIMITED_USER].lower()
+    assert "4000" in messages[Outcome.PROMPT_TOO_LONG]
+
+
+# --- who is answered ---------------------------------------------------------------------
+
+
+def message(**kw: object) -> MessageCreated:
+    base: dict[str, object] = {
+        "id": "1",
+        "channel_id": "c",
+        "guild_id": "g",
+        "author_id": "u",
+        "author_name": "ann",
+        "author_bot": False,
+        "content": "hi",
+        "created_at": 1.0,
+    }
+    return MessageCreated(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_who_gets_an_answer() -> None:
+    convo = ("talk", "c9")
+    assert should_answer(message(mentions_bot=True), "B", ())
+    assert should_answer(message(is_dm=True, guild_id=None), "B", ())
+    assert should_answer(message(reply_to_author_id="B"), "B", ())
+    assert should_answer(message(channel_id="c9"), "B", convo)
+    assert should_answer(message(channel_name="talk"), "B", convo)
+    assert not should_answer(message(), "B", convo)
+    assert not should_answer(message(reply_to_author_id="someone"), "B", ())
+    assert not should_answer(message(mentions_bot=True, author_bot=True), "B", ())
+    assert not should_answer(message(is_dm=True, author_id="B"), "B", ())
+    assert not should_answer(message(mention_everyone=True, channel_id="c9"), "B", convo)
+    assert should_answer(message(mention_everyone=True, mentions_bot=True), "B", ())
+
+
+def test_replies_ping_nobody_unless_allowed_and_interaction_text_is_defused() -> None:
+    assert no_pings(False) == {"parse": [], "replied_user": False}
+    assert "everyone" not in no_pings(True)["parse"]
+    assert defuse_mentions("@everyone <@1> @here") == "@\u200beveryone <@1> @\u200bhere"
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_bad_settings_fall_back_to_defaults() -> None:
+    s = LlmSettings.parse(
+        {
+            "model": "m",
+            "max_context_tokens": -5,
+            "user_rate": {"tokens": 1, "per_s": 2},
+            "conversation_channels": ["#talk", 12],
+            "allow_mentions": "yes",
+            "typo_key": 1,
+        }
+    )
+    assert s.model == "m"
+    assert s.max_context_tokens == LlmSettings().max_context_tokens
+    assert s.user_rate == Rate(1, 2)
+    assert s.conversation_channels == ("talk", "12")
+    assert s.allow_mentions is False
+
+
+def test_openai_base_url_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert LlmSettings.effective({"base_url": "http://a/v1"}).base_url == "http://a/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert LlmSettings.effective({"base_url": "http://a/v1"}).base_url == "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.anyio
+async def test_settings_are_reread_when_services_toml_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sandbox's overrides still apply after a reload.
+    monkeypatch.setenv("BOT_SETTINGS_OVERRIDES", '{"llm": {"cache_ttl_s": 1}}')
+    path = tmp_path / "services.toml"
+    toml = '[services.llm]\nmodule = "services.llm"\n[services.llm.settings]\nmodel = "{}"\n'
+    path.write_text(toml.format("one"))
+    watcher = SettingsWatcher("llm", path)
+    await watcher.prime()
+    assert await watcher.poll() is None  # unchanged
+    path.write_text(toml.format("two"))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert await watcher.poll() == {"model": "two", "cache_ttl_s": 1}
+    path.write_text("not [valid toml")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert await watcher.poll() is None  # broken: the old settings stay
+
+
+# --- cache and stats ---------------------------------------------------------------------
+
+
+def test_the_cache_expires_and_counts_hits() -> None:
+    clock = Clock()
+    cache = AnswerCache(60, max_entries=2, clock=clock)
+    k1 = AnswerCache.key("m", [{"role": "user", "content": "a"}])
+    k2 = AnswerCache.key("m", [{"role": "user", "content": "b"}])
+    assert k1 != k2 and k1 == AnswerCache.key("m", [{"role": "user", "content": "a"}])
+    cache.put(k1, "answer a")
+    assert cache.get(k1) == "answer a"
+    assert cache.get(k2) is None
+    clock.now += 61
+    assert cache.get(k1) is None
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_stats_report_errors_and_median_latency() -> None:
+    from protocol.breaker import CircuitBreaker
+
+    stats = Stats()
+    for ms in (100, 300, 200):
+        stats.record(Outcome.OK, ms)
+    stats.record(Outcome.TIMEOUT, 5000)
+    snap = stats.snapshot(AnswerCache(1), CircuitBreaker("x"))
+    assert snap["requests"] == 4
+    assert snap["errors_by_outcome"] == {"timeout": 1}
+    assert snap["latency_p50_ms"] == 200
+    assert snap["breaker"] == "closed"
+
+
+def test_usage_is_formatted_for_people() -> None:
+    text = format_usage(
+        {
+            "exchanges": 3,
+            "prompt_tokens": 120,
+            "completion_tokens": 45,
+            "by_outcome": {"ok": 2, "timeout": 1},
+            "latency_p50_ms": 812.4,
+        },
+        7 * 86400,
+    )
+    assert "last 7 days" in text and "3 questions" in text and "median 812 ms" in text
+    assert "120 prompt + 45 completion tokens" in text and "timeout: 1" in text
