@@ -73,7 +73,8 @@ def setup(
         fmt = _journal_line
     else:
         fmt = TEXT
-    logger.add(sys.stderr, format=fmt, level=level, colorize=False, backtrace=False)
+    # diagnose=False: a traceback must never print local variables (prompts, tokens).
+    logger.add(sys.stderr, format=fmt, level=level, colorize=False, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_ToLoguru()], level=logging.WARNING, force=True)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -84,4 +85,6 @@ def setup(
             rotation="10 MB",
             retention=5,
             enqueue=False,
+            backtrace=False,
+            diagnose=False,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,23 @@ def build_service(name: str = "llm") -> Service:
     return service
 
 
+class RecentIds:
+    """The last `size` message ids seen: a bounded set, oldest forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, key: str) -> bool:
+        """False if `key` was already there."""
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
 def should_answer(
     msg: MessageCreated, bot_id: str | None, conversation_channels: tuple[str, ...]
 ) -> bool:
@@ -130,6 +148,7 @@ class Llm:
         self.stats = Stats()
         self.limiter = RateLimiter(self.settings.user_rate, self.settings.guild_rate)
         self.pacer = Pacer(self.settings.edit_interval_s)
+        self._answered = RecentIds(10_000)
         self.watcher = SettingsWatcher.from_env(service.name)
         self.bot_id: str | None = None
         self.guild_names: dict[str, str] = {}
@@ -231,6 +250,10 @@ class Llm:
         if self.bot_id is None and msg.reply_to_author_id:
             await self._learn_world(msg.guild_id)  # else replies to the bot go unnoticed
         if not should_answer(msg, self.bot_id, self.settings.conversation_channels):
+            return
+        if not self._answered.add(msg.id):
+            # A redelivery (the gateway RESUMEd and Discord replayed it): answered once only.
+            logger.info("llm: {} already answered", msg.id)
             return
         try:
             self._jobs_in.send_nowait(lambda: self.answer_message(msg))
