@@ -134,7 +134,7 @@ class ConnectionState(Message):
 @message("discord.send")
 @dataclass(frozen=True, slots=True)
 class SendMessage(Message):
-    """Post a message. `allowed_mentions` None means: ping nobody."""
+    """Post a message; answers `{message_id}`. `allowed_mentions` None means: ping nobody."""
 
     channel_id: str
     content: str = ""
@@ -170,6 +170,8 @@ class RenameChannel(Message):
 @message("discord.create_channel")
 @dataclass(frozen=True, slots=True)
 class CreateChannel(Message):
+    """Answers `{channel_id}`."""
+
     guild_id: str
     name: str
     kind: str = "text"  # "text" | "voice"
@@ -230,6 +232,9 @@ class CommandInvoked(Message):
 @message("discord.command.answer")
 @dataclass(frozen=True, slots=True)
 class CommandAnswer(Message):
+    """The owner's reply to a CommandInvoked. Interaction messages (this, EditInteraction,
+    InteractionFollowup) are always sent pinging nobody."""
+
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False

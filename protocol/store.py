@@ -16,7 +16,8 @@ from protocol.messages import Message, message
 @message("store.recent_messages")
 @dataclass(frozen=True, slots=True)
 class RecentMessages(Message):
-    """The channel's newest messages, returned oldest first; deleted ones left out."""
+    """`{messages: [...]}`: the channel's newest messages, oldest first, deleted ones left
+    out (at most 100)."""
 
     channel_id: str
     limit: int = 50
@@ -27,7 +28,8 @@ class RecentMessages(Message):
 @message("store.reply_chain")
 @dataclass(frozen=True, slots=True)
 class ReplyChain(Message):
-    """The message and the messages it replies to, transitively; oldest first."""
+    """`{messages: [...]}`: the message and the ones it replies to, transitively, oldest
+    first (deleted ones included, marked `deleted`)."""
 
     message_id: str
     limit: int = 20
