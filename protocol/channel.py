@@ -37,6 +37,10 @@ class RequestTimeout(TimeoutError):
     pass
 
 
+class PeerGone(RequestTimeout):
+    """The peer's connection dropped while the request was out: no answer will come."""
+
+
 class RemoteError(Exception):
     """The peer answered with an error frame (bad request, unknown type, handler failure)."""
 
@@ -109,7 +113,8 @@ class Channel:
         self._outbox = outbox
         self._inbound = inbound
         self._clock = clock
-        self._pending: dict[str, tuple[anyio.Event, list[Envelope]]] = {}
+        # Waiting requests; a None in the box means the peer went away.
+        self._pending: dict[str, tuple[anyio.Event, list[Envelope | None]]] = {}
         self.sock = ctx.socket(zmq.DEALER)
         configure_socket(self.sock, owner, policy.sndhwm)
         # Whether the peer is there right now: lets a caller that must answer a
@@ -158,6 +163,10 @@ class Channel:
                 return  # closed
             event = parse_monitor_message(frames)["event"]
             self.connected = event == zmq.EVENT_CONNECTED
+            if not self.connected:
+                for done, box in self._pending.values():
+                    box.append(None)
+                    done.set()
             self._connection_changed.set()
             self._connection_changed = anyio.Event()
 
@@ -226,7 +235,7 @@ class Channel:
         env.kind = Kind.REQUEST
         env.deadline = time.time() + timeout
         done = anyio.Event()
-        box: list[Envelope] = []
+        box: list[Envelope | None] = []
         self._pending[env.id] = (done, box)
         try:
             if not self._send_now([env.pack()]):
@@ -241,8 +250,12 @@ class Channel:
             self.counters.failed += 1
             self.breaker.record_failure()
             raise RequestTimeout(f"{self.peer} did not answer {env.type} within {timeout}s")
-        self.breaker.record_success()
         reply = box[0]
+        if reply is None:
+            self.counters.failed += 1
+            self.breaker.record_failure()
+            raise PeerGone(f"{self.peer} went away before answering {env.type}")
+        self.breaker.record_success()
         if reply.kind is Kind.ERROR:
             raise RemoteError(
                 self.peer, str(reply.body.get("reason")), str(reply.body.get("detail"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.channel import RequestTimeout
+from protocol.channel import PeerGone, RequestTimeout
 from protocol.messages import Ping
 from tests.harness import Running, alive, wait_for
 from tests.services.messages import Misbehave
@@ -60,6 +60,13 @@ def test_kill_9_is_restarted_at_once_and_serves_again(bot: Running) -> None:
     assert bot.call("echo", Ping("hi"))["pid"] == new["pid"]
 
 
+def test_a_request_to_a_service_that_dies_fails_at_once_not_at_its_timeout(
+    bot: Running,
+) -> None:
+    with pytest.raises(PeerGone):
+        bot.call("echo", Misbehave("crash"), timeout=30)  # PeerGone, well before 30 s
+
+
 def test_a_hung_service_is_killed_and_restarted(bot: Running) -> None:
     old = bot.service("echo")
     with pytest.raises(RequestTimeout):
@@ -100,8 +107,9 @@ def test_a_flapping_service_goes_fatal_after_the_intensity_limit(tmp_path: Path)
     bot = Running(tmp_path, TOML.format(max_restarts=3, critical="false"))
     try:
         bot.wait_all_running()
+        pid = None
         for _ in range(4):
-            pid = bot.wait_state("echo", "RUNNING")["pid"]
+            pid = bot.wait_state("echo", "RUNNING", pid_not=pid)["pid"]
             with pytest.raises(RequestTimeout):
                 bot.call("echo", Misbehave("crash"), timeout=0.5)
             wait_for(lambda pid=pid: not alive(pid), 5)

@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 from loguru import logger
 
 from protocol.breaker import BreakerOpen
-from protocol.channel import RemoteError, RequestTimeout
+from protocol.channel import PeerGone, RemoteError, RequestTimeout
 from protocol.commands import CATALOGUE
 from protocol.discord import (
     CommandAnswer,
@@ -354,7 +354,7 @@ async def _ask_owner(
         answer = decode(CommandAnswer.TYPE, body)
         assert isinstance(answer, CommandAnswer)
         return answer, None
-    except BreakerOpen:
+    except (BreakerOpen, PeerGone):
         return None, RESTARTING
     except RequestTimeout:
         return None, TOO_SLOW
