@@ -1,0 +1,26 @@
+"""A short chaos run in CI: every service SIGKILLed once under load, and the supervisor too.
+
+The full run (60 s at 200 messages/s) is `python -m bench.chaos`; its figures are in
+the README. Here the bar is checked on a smaller scale; recovery times are reported
+by the benchmark, not asserted here (shared machines are noisy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.chaos import chaos
+
+SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence"]
+
+
+def test_killing_every_service_and_the_supervisor_loses_and_doubles_nothing() -> None:
+    report = asyncio.run(chaos(duration=16, rate=60, kill_every=2, mention_every=1,
+                               command_every=2, kill_order=SERVICES, settle_s=40))
+    assert report["kills"] and set(report["kills"]) >= {"gateway", "persistence", "llm"}
+    assert report["supervisor_kill"] and report["supervisor_kill"]["orphans"] == 0
+    assert report["messages"]["missing"] == 0, report["messages"]
+    assert report["messages"]["duplicated"] == 0, report["messages"]
+    assert report["mentions"]["answered_twice"] == 0, report["mentions"]
+    assert report["slash_commands"]["unanswered"] == 0, report["slash_commands"]
+    assert report["not_recovered"] == [], report
