@@ -41,6 +41,8 @@ Routes (``->`` is the answer; the event in brackets is what the bot receives):
 - ``POST gateway/disconnect {code?}`` (1000-4999, default 4000) -> ``{closed}``
 - ``POST gateway/invalidate {now?}`` -> ``{sessions}``: each session's next RESUME gets
   op 9 ``d:false``; ``now: true`` also sends op 9 to the connected sockets at once
+- ``POST gateway/dispatch {t, d}`` -> ``{dispatched}``: sends event ``t`` with payload
+  ``d`` exactly as given (no checks): for feeding the bot malformed events
 - ``GET gateway/sessions`` -> ``{identifies, resumes, refused_resumes, replayed, connections,
   sessions: [{session_id, seq, connected, resumes, buffered, intents, invalid}]}``
 """
@@ -201,6 +203,7 @@ class ControlApi:
         r.add_post(p + "gateway/disconnect", self.disconnect)
         r.add_post(p + "gateway/invalidate", self.invalidate)
         r.add_get(p + "gateway/sessions", self.sessions)
+        r.add_post(p + "gateway/dispatch", self.raw_dispatch)
 
     async def state(self, request: web.Request) -> web.Response:
         emu, world = self.emu, self.emu.world
@@ -380,6 +383,15 @@ class ControlApi:
         if not isinstance(now, bool):
             raise BadInput("now must be a boolean")
         return json_response({"sessions": self.emu.gateway.invalidate(now=now)})
+
+    async def raw_dispatch(self, request: web.Request) -> web.Response:
+        """Send any event as given, unchecked: how fuzz tests feed the bot odd payloads."""
+        body = await _body(request)
+        event, data = body.get("t"), body.get("d")
+        if not isinstance(event, str) or not event:
+            raise BadInput("t must be a non-empty string")
+        self.emu.gateway.dispatch(event, data)  # type: ignore[arg-type]
+        return json_response({"dispatched": event})
 
     async def sessions(self, request: web.Request) -> web.Response:
         return json_response(self.emu.gateway.describe())

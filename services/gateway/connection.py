@@ -43,6 +43,16 @@ class GatewaySocket(DiscordWebSocket):
         if isinstance(payload, dict) and payload.get("op") == self.DISPATCH:
             sink(payload)
 
+    async def received_message(self, msg: Any, /) -> None:
+        """py-cord's parsers trust Discord's payloads; one malformed event must not take
+        the connection down (and then crash-loop as RESUME replays it)."""
+        try:
+            await super().received_message(msg)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            logger.error(
+                "py-cord could not parse a gateway event ({}: {}); skipped", type(exc).__name__, exc
+            )
+
     @classmethod
     async def from_client(cls, client: Any, *, initial: bool = False, **params: Any) -> Any:
         saved: SavedSession | None = getattr(client, "resume_from", None)
