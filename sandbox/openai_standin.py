@@ -43,7 +43,8 @@ route has a Python twin on :class:`OpenAIStandin`:
   ``application/json``, so the SDK tries to parse it);
   ``{"kind": "truncated_stream", "abort": true}`` stops half-way without ``[DONE]`` or a
   finish_reason; ``abort: true`` drops the connection, ``false`` ends the HTTP body
-  cleanly (a non-streaming request gets half a JSON body either way).
+  cleanly (a non-streaming request gets half a JSON body either way);
+  ``{"kind": "endless"}`` streams tokens forever (a non-streaming request just hangs).
 - ``POST /_control/settings`` (``update_settings``): a partial update of
   ``{"token_delay_s": 0.0, "context_limit_tokens": null, "down": false,
   "always_output": null}``. ``token_delay_s`` is the pause per streamed piece (a plain
@@ -73,7 +74,7 @@ CHARS_PER_TOKEN = 4
 MAX_LONG_CHARS = 200_000
 MODEL_CREATED = 1_700_000_000
 SYSTEM_FINGERPRINT = "fp_sandbox"
-FAULT_KINDS = ("429", "500", "401", "hang", "garbage", "truncated_stream")
+FAULT_KINDS = ("429", "500", "401", "hang", "garbage", "truncated_stream", "endless")
 
 _LONG_RE = re.compile(r"!long\s+(\d+)")
 _ECHO_RE = re.compile(r"!echo ?(.*)", re.DOTALL)
@@ -501,11 +502,13 @@ class OpenAIStandin:
         fault = self._faults.popleft() if self._faults else None
         if fault is not None:
             call.outcome = fault.kind
-            if fault.kind == "hang":
-                if await self._pause(fault.seconds):
+            if fault.kind == "hang" or (fault.kind == "endless" and not call.stream):
+                if await self._pause(fault.seconds if fault.kind == "hang" else 3600):
                     self._drop(request)
                     return web.Response()
-            elif fault.kind != "truncated_stream":
+            elif fault.kind == "endless" and call.stream:
+                return await self._endless_stream(request, call.model)
+            elif fault.kind not in ("truncated_stream", "endless"):
                 return self._fault_response(fault, call.model)
 
         n_prompt = prompt_tokens(call.messages)
@@ -609,6 +612,35 @@ class OpenAIStandin:
             await response.write(data[: len(data) // 2])
         except ConnectionResetError:
             pass
+        self._drop(request)
+        return response
+
+    async def _endless_stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        """A stream that never finishes: tokens until the client hangs up or we stop."""
+        response = web.StreamResponse(
+            headers={**self._headers(), "Content-Type": "text/event-stream; charset=utf-8"}
+        )
+        await response.prepare(request)
+        head = {
+            "id": "chatcmpl-endless",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        try:
+            while not self._stopping.is_set():
+                choice = {
+                    "index": 0,
+                    "delta": {"content": "and on "},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                await response.write(
+                    b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n"
+                )
+                await asyncio.sleep(0.002)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client gave up, as it should
         self._drop(request)
         return response
 

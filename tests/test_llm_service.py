@@ -653,3 +653,18 @@ async def test_prompt_settings_follow_services_toml_without_a_restart(
         dm = await world.say("in private", is_dm=True, guild_id=None, channel_id="77")
         await world.answered(dm)
         assert world.llm.calls[-1].messages[0]["content"] == "new prompt for ann"
+
+
+async def test_an_endless_stream_is_cut_at_max_answer_chars_and_the_service_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(tmp_path, monkeypatch, max_answer_chars=3000) as world:
+        world.llm.queue_faults([{"kind": "endless"}])
+        msg = await world.mention("never stop")
+        record = await world.answered(msg)
+        shown = "".join(world.gateway.messages())
+        assert "and on and on" in shown
+        assert 3000 <= len(shown) < 3000 + 2 * 1900  # cut, not posted forever
+        assert record.outcome == "ok"
+        fine = await world.mention("still there?")
+        assert (await world.answered(fine)).outcome == "ok"

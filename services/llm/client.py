@@ -170,6 +170,7 @@ class LlmClient:
             if not isinstance(stream, AsyncStream):  # an HTML page is returned as a str
                 raise LlmFailure(Outcome.BAD_RESPONSE, detail=f"got {type(stream).__name__}")
             parts: list[str] = []
+            received = 0
             finish: str | None = None
             usage = None
             async with stream:
@@ -180,10 +181,17 @@ class LlmClient:
                         piece = choice.delta.content if choice.delta else None
                         if piece:
                             parts.append(piece)
+                            received += len(piece)
                             delivered = True
                             on_delta(piece)
                         if choice.finish_reason:
                             finish = choice.finish_reason
+                    if received > s.max_answer_chars:
+                        # An endpoint that never stops (or a runaway answer): cut it here
+                        # rather than post message after message.
+                        logger.warning("answer cut at {} characters", received)
+                        finish = "length"
+                        break
             if finish is None:
                 raise LlmFailure(Outcome.BAD_RESPONSE, detail="stream ended without finish_reason")
         except LlmFailure:

@@ -32,6 +32,7 @@ class LlmSettings:
     max_context_tokens: int = 3000
     max_prompt_chars: int = 4000
     max_completion_tokens: int | None = None
+    max_answer_chars: int = 8000  # a longer stream is cut: at most ~5 Discord messages
     request_timeout_s: float = 30.0
     system_prompt: str = (
         "You are a helpful Discord bot in {guild} #{channel}. Today is {date}. "
