@@ -222,6 +222,11 @@ class Bus:
                 continue
             self._accept(env, delivery, sender, ident, reply)
 
+    def send_to_connection(self, peer: str, env: Envelope) -> bool:
+        """Send to a peer over the connection it opened to our ROUTER (the supervisor
+        telling a service to stop), rather than over a channel of our own."""
+        return self._router_send(peer.encode(), env)
+
     def _router_send(self, ident: bytes, env: Envelope) -> bool:
         assert self.router is not None
         try:

@@ -210,6 +210,7 @@ class Service:
     async def run(self, ctx: RuntimeContext) -> None:
         """Serve until stopped; every socket and task is closed on the way out."""
         self.ctx = ctx
+        self._stopping = anyio.Event()  # a fresh one per run: a Service can run again
         outbox_dir = ctx.data_dir / "outbox"
         outbox_dir.mkdir(parents=True, exist_ok=True)
         self.bus = Bus(

@@ -191,7 +191,7 @@ class Supervisor:
         stop = Envelope(
             Kind.CONTROL, StopService.TYPE, "supervisor", proc.name, StopService(reason).to_body()
         )
-        self.bus._router_send(proc.name.encode(), stop)
+        self.bus.send_to_connection(proc.name, stop)
         with anyio.move_on_after(spec.stop_grace_s):
             await gone.wait()
         if not gone.is_set():
