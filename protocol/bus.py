@@ -38,6 +38,7 @@ from protocol.envelope import (
 )
 from protocol.messages import Message
 from protocol.outbox import Outbox
+from protocol.quietlog import QuietLog
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Bus:
         self.router: zmq.asyncio.Socket | None = None
         self.rejected = 0
         self.expired = 0
+        self._quiet = QuietLog()
         if bind:
             self.router = self.ctx.socket(zmq.ROUTER)
             configure_socket(self.router, None, policy.sndhwm)
@@ -237,7 +239,7 @@ class Bus:
 
     def _reject(self, reply: Reply, sender: str, exc: FrameError) -> None:
         self.rejected += 1
-        logger.warning("rejected frame from {}: {}", sender, exc)
+        self._quiet.warning((sender, exc.reason), "rejected frame from {}: {}", sender, exc)
         reply(error_frame(self.name, sender, exc.reason, exc.detail, exc.corr))
 
     def _accept(

@@ -31,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 from protocol.breaker import BreakerState, CircuitBreaker
 from protocol.envelope import Delivery, Envelope, FrameError, Kind, pack_delivery, unpack
 from protocol.outbox import Outbox
+from protocol.quietlog import QuietLog
 
 
 class RequestTimeout(TimeoutError):
@@ -133,6 +134,7 @@ class Channel:
         self._batch_done = anyio.Event()
         self._committing = False
         self._closed = False
+        self._quiet = QuietLog()
 
     @staticmethod
     def _breaker_changed(name: str, old: BreakerState, new: BreakerState) -> None:
@@ -298,7 +300,7 @@ class Channel:
             try:
                 env = unpack(frames[0])
             except FrameError as exc:
-                logger.warning("bad frame from {} ({}): dropped", self.peer, exc)
+                self._quiet.warning(exc.reason, "bad frame from {} ({}): dropped", self.peer, exc)
                 continue
             if env.kind in (Kind.REPLY, Kind.ERROR):
                 waiter = self._pending.get(env.corr or "")

@@ -47,6 +47,7 @@ from protocol.messages import (
     StopService,
     decode,
 )
+from protocol.quietlog import QuietLog
 
 __all__ = ["Refused", "RuntimeContext", "Service", "TransientError"]
 
@@ -88,6 +89,7 @@ class Service:
         self._teardown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = anyio.Event()
         self.ctx: RuntimeContext | None = None
+        self._quiet = QuietLog()
         self.bus: Bus | None = None
         self.request(Ping)(self._ping)
 
@@ -165,7 +167,7 @@ class Service:
         try:
             msg = decode(env.type, env.body)
         except MessageError as exc:
-            logger.warning("bad request from {}: {}", env.src, exc)
+            self._quiet.warning((env.src, env.type), "bad request from {}: {}", env.src, exc)
             reply(env.error("bad_request", str(exc)))
             return
         try:
@@ -186,8 +188,12 @@ class Service:
     async def _on_events(self, batch: list[Envelope]) -> None:
         entry = self._events.get(batch[0].type)
         if entry is None:
-            logger.warning(
-                "{} has no handler for {} (from {})", self.name, batch[0].type, batch[0].src
+            self._quiet.warning(
+                batch[0].type,
+                "{} has no handler for {} (from {})",
+                self.name,
+                batch[0].type,
+                batch[0].src,
             )
             return
         handler, batched = entry
@@ -196,7 +202,9 @@ class Service:
             try:
                 msgs.append(decode(env.type, env.body))
             except MessageError as exc:
-                logger.warning("bad event {} from {}: {}", env.id, env.src, exc)
+                self._quiet.warning(
+                    (env.src, env.type), "bad event {} from {}: {}", env.id, env.src, exc
+                )
         if not msgs:
             return
         if batched:
