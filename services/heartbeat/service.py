@@ -130,7 +130,9 @@ class Heartbeat:
         if msg.command == "restart":
             if not self.is_admin(msg):
                 return CommandAnswer("Only admins can restart services.", ephemeral=True)
-            return CommandAnswer(await self.restart(str(msg.options.get("service", ""))), True)
+            return CommandAnswer(
+                await self.restart(str(msg.options.get("service", ""))), ephemeral=True
+            )
         return CommandAnswer(f"heartbeat does not answer /{msg.command}", ephemeral=True)
 
     def is_admin(self, msg: CommandInvoked) -> bool:
