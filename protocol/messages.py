@@ -142,6 +142,16 @@ class RestartRequest(Message):
     service: str
 
 
+@message("service.clock.advance")
+@dataclass(frozen=True, slots=True)
+class AdvanceClock(Message):
+    """Move a service's clock forward; answered `{monotonic, wall}`. Served only when the
+    service's setting `allow_clock_control` is true (the sandbox sets it), so a real bot
+    never lets a peer move its schedules."""
+
+    seconds: float
+
+
 @message("ping")
 @dataclass(frozen=True, slots=True)
 class Ping(Message):

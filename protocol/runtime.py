@@ -37,8 +37,10 @@ import anyio
 from loguru import logger
 
 from protocol.bus import Bus, Reply, Topology, TransientError
+from protocol.clock import Clock
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
+    AdvanceClock,
     Heartbeat,
     Message,
     MessageError,
@@ -89,9 +91,11 @@ class Service:
         self._teardown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = anyio.Event()
         self.ctx: RuntimeContext | None = None
+        self.clock = Clock()
         self._quiet = QuietLog()
         self.bus: Bus | None = None
         self.request(Ping)(self._ping)
+        self.request(AdvanceClock)(self._advance_clock)
 
     # --- declarations ---------------------------------------------------------------
 
@@ -151,6 +155,15 @@ class Service:
         self._stopping.set()
 
     # --- dispatch -------------------------------------------------------------------
+
+    async def _advance_clock(self, msg: AdvanceClock) -> dict[str, float]:
+        if not self.settings.get("allow_clock_control", False):
+            raise Refused("forbidden", f"{self.name} does not allow clock control")
+        try:
+            self.clock.advance(msg.seconds)
+        except ValueError as exc:
+            raise Refused("bad_request", str(exc)) from None
+        return {"monotonic": self.clock.monotonic(), "wall": self.clock.wall()}
 
     async def _ping(self, msg: Ping) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "text": msg.text}

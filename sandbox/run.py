@@ -19,9 +19,10 @@ from supervisor.config import Config
 from supervisor.supervisor import Supervisor
 
 # Settings only the sandbox changes: no 5 s pause before re-identifying, a model name
-# the stand-in knows, and a stats clock end-to-end tests can drive.
+# the stand-in knows, and clocks end-to-end tests can drive (the stats schedule and the
+# gateway's rename guard move with the emulator's clock).
 SANDBOX_SETTINGS = {
-    "gateway": {"identify_delay_s": 0.2},
+    "gateway": {"identify_delay_s": 0.2, "allow_clock_control": True},
     "llm": {"model": "sandbox-model"},
     "stats": {"allow_clock_control": True},
 }

@@ -22,7 +22,13 @@ from supervisor.config import load
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 15.0,
+    what: str = "",
+    context: Callable[[], str] | None = None,
+) -> Any:
+    """Poll until `predicate` is truthy; on timeout, fail saying what (and `context()`)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -34,7 +40,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = ""
             if last:
                 return last
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+    extra = f"\n{context()}" if context else ""
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: {last!r}{extra}"
+    )
 
 
 class Running:

@@ -32,8 +32,8 @@ async def test_rename_limit_two_per_600s_then_clock_advance(
         async with http.patch(url, json={"name": f"Members: {i}"}, headers=auth(emu)) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "application/json"
-            assert resp.headers["X-RateLimit-Limit"] == "2"
-            assert resp.headers["X-RateLimit-Remaining"] == str(1 - i)
+            # The rename limit is hidden, as on Discord: successes show the route's bucket.
+            assert resp.headers["X-RateLimit-Limit"] != "2"
             assert (await resp.json())["name"] == f"Members: {i}"
     async with http.patch(url, json={"name": "Members: 2"}, headers=auth(emu)) as resp:
         assert resp.status == 429

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from protocol.channel import RemoteError, RequestTimeout
+from protocol.clock import fixed
 from protocol.discord import RenameChannel
 from protocol.messages import Message
 from protocol.store import KvGet, KvSet
-from services.stats.clock import fixed
 from services.stats.counters import (
     CounterSpec,
     RenameThrottle,

@@ -27,10 +27,9 @@ from protocol.discord import (
     SendMessage,
     SetPresence,
 )
-from protocol.messages import RestartRequest, StatusRequest
+from protocol.messages import AdvanceClock, RestartRequest, StatusRequest
 from protocol.runtime import Refused, RuntimeContext, Service
 from protocol.store import KvGet, KvSet, MemberEvents, RecentMessages, StoreCounts, UsageRequest
-from services.stats.messages import AdvanceClock
 from services.stats.service import build
 
 pytestmark = pytest.mark.anyio

@@ -152,7 +152,12 @@ class RestApi:
             and isinstance(body, dict)
             and ("name" in body or "topic" in body)
         ):
-            return self.limits.hit(f"channel-rename:{mi['channel_id']}", 2, 600.0)
+            # Discord's rename limit is hidden (discord-api-docs #1900, #2208): successes
+            # carry the route's usual headers, and only the third rename in ten minutes
+            # shows it, as a 429 with a retry_after of up to 600 s.
+            rename = self.limits.hit(f"channel-rename:{mi['channel_id']}", 2, 600.0)
+            if not rename.allowed:
+                return rename
         major = mi.get("channel_id") or mi.get("guild_id") or ""
         return self.limits.hit(f"{method} {route}:{major}", 50, 1.0)
 

@@ -464,7 +464,7 @@ async def delete_message(msg: DeleteMessage) -> dict[str, Any]:
 @service.request(RenameChannel)
 async def rename_channel(msg: RenameChannel) -> dict[str, Any]:
     """Refuses a third rename within 10 minutes instead of letting py-cord sleep on a 429."""
-    now = time.monotonic()
+    now = service.clock.monotonic()
     recent = gw.renames.setdefault(msg.channel_id, deque())
     while recent and now - recent[0] > RENAME_WINDOW_S:
         recent.popleft()

@@ -22,6 +22,7 @@ from loguru import logger
 
 from protocol.breaker import BreakerOpen
 from protocol.channel import RemoteError, RequestTimeout
+from protocol.clock import Clock
 from protocol.discord import (
     CommandAnswer,
     CommandInvoked,
@@ -37,7 +38,6 @@ from protocol.store import KvGet, KvSet, MemberEvents, RecentMessages
 from services.stats import report
 from services.stats.claims import AMBIGUOUS, OncePoster, Outcome
 from services.stats.claims import NAMESPACE as REPORT_NS
-from services.stats.clock import Clock
 from services.stats.counters import (
     COUNT_FIELDS,
     CounterSpec,
@@ -47,7 +47,6 @@ from services.stats.counters import (
     render,
     retry_after_from,
 )
-from services.stats.messages import AdvanceClock
 
 GATEWAY = "gateway"
 STORE = "persistence"
@@ -91,8 +90,6 @@ class Stats:
             raise ValueError(f"weekly_day {self.weekly_day!r} is not a day of the week")
         self.report_channel: str | None = settings.get("report_channel", "stats") or None
         self.refresh_s = float(settings.get("refresh_s", 300))
-        if settings.get("allow_clock_control", False):
-            self.service.request(AdvanceClock)(self.advance_clock)
 
     # --- what it listens to ---------------------------------------------------------
 
@@ -116,10 +113,6 @@ class Stats:
         except UNREACHABLE:
             return CommandAnswer("The member history is unavailable right now.", ephemeral=True)
         return CommandAnswer(embeds=[embed])
-
-    async def advance_clock(self, msg: AdvanceClock) -> dict[str, float]:
-        self.clock.advance(msg.seconds)
-        return {"monotonic": self.clock.monotonic(), "wall": self.clock.wall()}
 
     def learn_guild(self, body: dict[str, Any]) -> None:
         """Channel names and ids: resolve counters and the report channel, note names."""
@@ -395,7 +388,9 @@ class Stats:
 def build(clock: Clock | None = None) -> tuple[Service, Stats]:
     """A fresh service and its state (tests build one per simulated process run)."""
     service = Service("stats")
-    stats = Stats(service, clock or Clock())
+    if clock is not None:
+        service.clock = clock  # tests drive it; the runtime's clock control moves it too
+    stats = Stats(service, service.clock)
     service.event(GuildReady)(stats.on_guild_ready)
     service.event(GuildCounts)(stats.on_counts)
     service.request(CommandInvoked)(stats.on_command)

@@ -1,7 +1,8 @@
-"""The one place the stats service reads time from, so tests can move it.
+"""The one place a service reads time from, so tests can move it.
 
-Monotonic seconds drive the rename throttle; wall seconds (Unix time) drive the
-report schedule. Both are the real clocks plus one offset that only grows, the
+Every service has one (`service.clock`); a service that schedules by time uses it
+(stats: monotonic seconds for the rename throttle, wall seconds for reports;
+the gateway: its rename guard). Both are the real clocks plus one offset that only grows, the
 same model as the Discord emulator's clock, so an end-to-end test can advance
 both together. `sleep` wakes early when the clock is advanced: a wait of ten
 minutes ends as soon as a test moves time ten minutes on.
