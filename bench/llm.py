@@ -76,7 +76,8 @@ env_required = ["DISCORD_TOKEN"]
 [services.llm]
 module = "services.llm"
 after = ["gateway", "persistence"]
-subscribes = ["discord.message.created", "discord.guild.ready", "discord.connection"]
+subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
+              "discord.guild.ready", "discord.connection"]
 env_required = ["OPENAI_API_KEY"]
 """
 

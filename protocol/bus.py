@@ -169,29 +169,27 @@ class Bus:
 
     async def publish(self, msg: Message) -> int:
         """Send an event to every subscriber; durable ones are on disk when this returns."""
-        subscribers = self.topology.subscribers.get(msg.TYPE, ())
-        for peer in subscribers:
-            env = self.envelope(msg, Kind.EVENT, peer)
-            ch = self.channel(peer)
-            if msg.DURABLE and self.outbox is not None:
-                await ch.send_durable([env])
-            else:
-                ch.send(env)
-        return len(subscribers)
+        await self.publish_many([msg])
+        return len(self.topology.subscribers.get(msg.TYPE, ()))
 
     async def publish_many(self, msgs: list[Message]) -> None:
-        """Durable batch publish: one disk write per subscriber for the whole list."""
-        by_peer: dict[str, list[Envelope]] = {}
+        """Send events to their subscribers, in order. Durable events are stored in one
+        outbox transaction for all subscribers before this returns."""
+        durable: dict[str, list[Envelope]] = {}
         for msg in msgs:
             for peer in self.topology.subscribers.get(msg.TYPE, ()):
-                by_peer.setdefault(peer, []).append(self.envelope(msg, Kind.EVENT, peer))
-        for peer, envs in by_peer.items():
-            ch = self.channel(peer)
-            if self.outbox is not None and all(m.DURABLE for m in msgs):
-                await ch.send_durable(envs)
-            else:
-                for env in envs:
-                    ch.send(env)
+                env = self.envelope(msg, Kind.EVENT, peer)
+                if msg.DURABLE and self.outbox is not None:
+                    durable.setdefault(peer, []).append(env)
+                else:
+                    self.channel(peer).send(env)
+        if len(durable) == 1:
+            ((peer, envs),) = durable.items()
+            await self.channel(peer).send_durable(envs)
+        elif durable:
+            async with anyio.create_task_group() as tg:  # concurrent: one group commit
+                for peer, envs in durable.items():
+                    tg.start_soon(self.channel(peer).send_durable, envs)
 
     async def request(
         self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0

@@ -130,9 +130,6 @@ class Channel:
         self._sent_through = 0
         self._last_progress = clock()
         self._wake = anyio.Event()
-        self._batch: list[bytes] = []
-        self._batch_done = anyio.Event()
-        self._committing = False
         self._closed = False
         self._quiet = QuietLog()
 
@@ -265,27 +262,11 @@ class Channel:
         return reply
 
     async def send_durable(self, envs: list[Envelope]) -> None:
-        """Store events in the outbox (returns once they are on disk); the pump sends them.
-
-        Group commit: the first caller commits, callers arriving meanwhile join the
-        next transaction, so concurrent publishers share one disk write.
-        """
+        """Store events in the outbox (returns once they are on disk); the pump sends them."""
         assert self._outbox is not None, "durable send on a channel without outbox"
-        self._batch.extend(e.pack() for e in envs)
-        done = self._batch_done
-        if not self._committing:
-            self._committing = True
-            try:
-                while self._batch:
-                    batch, self._batch = self._batch, []
-                    committed, self._batch_done = self._batch_done, anyio.Event()
-                    last = await self._outbox.append(self.peer, batch)
-                    self._last_seq = max(self._last_seq, last)
-                    committed.set()
-                    self._wake.set()
-            finally:
-                self._committing = False
-        await done.wait()
+        last = await self._outbox.append(self.peer, [e.pack() for e in envs])
+        self._last_seq = max(self._last_seq, last)
+        self._wake.set()
 
     # --- receiving ------------------------------------------------------------------
 

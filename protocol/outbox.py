@@ -3,8 +3,8 @@
 One SQLite file per sending service, one sequence per channel (receiver). It
 survives the receiver's restart (events stay until acknowledged) and the
 sender's own (the next process replays from the file). Writes are group
-commits on a worker thread, so the event loop never waits on the disk and many
-concurrent `put`s share one transaction.
+commits on a worker thread, so the event loop never waits on the disk, and
+concurrent appends, to any channels, share one transaction.
 
 WAL with synchronous=NORMAL survives a killed process (the common failure
 here); set `synchronous="FULL"` to survive power loss as well, at a cost.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -28,6 +29,14 @@ CREATE TABLE IF NOT EXISTS event (channel TEXT NOT NULL, seq INTEGER NOT NULL,
                                   frame BLOB NOT NULL, PRIMARY KEY (channel, seq))
                                   WITHOUT ROWID;
 """
+
+
+@dataclass
+class _Pending:
+    channel: str
+    frames: list[bytes]
+    last: int | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Outbox:
@@ -45,6 +54,8 @@ class Outbox:
             self._db.execute("INSERT INTO meta VALUES ('epoch', ?)", (self.epoch,))
         else:
             self.epoch = row[0]
+        self._waiting: list[_Pending] = []
+        self._committing = False
         # sqlite3 connections are not safe for concurrent use; one worker at a time.
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
@@ -68,24 +79,33 @@ class Outbox:
         ).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
-    def _append(self, channel: str, frames: list[bytes]) -> int:
-        last, acked = self._state(channel)
+    def _append_all(self, batches: list[tuple[str, list[bytes]]]) -> list[int]:
+        """One transaction for every batch; the last sequence number of each."""
+        lasts: dict[str, int] = {}
+        result = []
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(
-                "INSERT INTO event VALUES (?, ?, ?)",
-                [(channel, last + i + 1, f) for i, f in enumerate(frames)],
-            )
-            last += len(frames)
-            self._db.execute(
-                "INSERT INTO channel VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET last_seq=?",
-                (channel, last, acked, last),
-            )
+            for channel, frames in batches:
+                if channel not in lasts:
+                    lasts[channel] = self._state(channel)[0]
+                first = lasts[channel] + 1
+                self._db.executemany(
+                    "INSERT INTO event VALUES (?, ?, ?)",
+                    [(channel, first + i, f) for i, f in enumerate(frames)],
+                )
+                lasts[channel] += len(frames)
+                result.append(lasts[channel])
+            for channel, last in lasts.items():
+                self._db.execute(
+                    "INSERT INTO channel VALUES (?, ?, 0) "
+                    "ON CONFLICT(name) DO UPDATE SET last_seq=?",
+                    (channel, last, last),
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return last
+        return result
 
     def _ack(self, channel: str, through: int) -> None:
         self._db.execute("BEGIN")
@@ -114,8 +134,33 @@ class Outbox:
         return await self._run(self._state, channel)
 
     async def append(self, channel: str, frames: list[bytes]) -> int:
-        """Store frames in order; returns the sequence of the last one."""
-        return await self._run(self._append, channel, frames)
+        """Store frames in order; returns the sequence of the last one.
+
+        Group commit: the first caller commits; callers arriving meanwhile (for any
+        channel) join the next transaction, so concurrent publishers share a disk write.
+        """
+        pending = _Pending(channel, frames)
+        self._waiting.append(pending)
+        if not self._committing:
+            self._committing = True
+            batch: list[_Pending] = []
+            try:
+                while self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    lasts = await self._run(
+                        self._append_all, [(p.channel, p.frames) for p in batch]
+                    )
+                    for p, last in zip(batch, lasts, strict=True):
+                        p.last = last
+                        p.done.set()
+            finally:
+                self._committing = False
+                for p in batch:
+                    p.done.set()  # on failure: nobody waits forever (they see last=None)
+        await pending.done.wait()
+        if pending.last is None:
+            raise RuntimeError("outbox commit failed")  # the committer's error was raised there
+        return pending.last
 
     async def ack(self, channel: str, through: int) -> None:
         await self._run(self._ack, channel, through)

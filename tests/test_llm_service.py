@@ -431,8 +431,9 @@ async def test_reset_starts_a_fresh_context_and_usage_shows_totals(
         await anyio.sleep(0.05)
         msg = await world.mention("so?")
         await world.answered(msg)
-        query = next(q for q in world.store.queries if isinstance(q, RecentMessages))
-        assert query.after_ts == mark
+        # The store is asked for the whole recent history (it seeds the service's own
+        # view of the channel); the /reset mark is applied when building the prompt.
+        assert any(isinstance(q, RecentMessages) for q in world.store.queries)
         contents = [m["content"] for m in world.llm.calls[-1].messages]
         assert "before reset" not in contents and "after reset" in contents
 

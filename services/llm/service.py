@@ -40,6 +40,8 @@ from protocol.discord import (
     GuildReady,
     InteractionFollowup,
     MessageCreated,
+    MessageDeleted,
+    MessageEdited,
     SendMessage,
     Typing,
 )
@@ -55,6 +57,7 @@ from services.llm.conversation import (
     system_prompt,
     turns_from_rows,
 )
+from services.llm.history import History
 from services.llm.messages import StatsRequest
 from services.llm.outcomes import Outcome
 from services.llm.ratelimit import RateLimiter
@@ -79,6 +82,8 @@ def build_service(name: str = "llm") -> Service:
     service.task(llm.watch_settings)
     service.teardown(llm.stop)
     service.event(MessageCreated)(llm.on_message)
+    service.event(MessageEdited)(llm.on_edited)
+    service.event(MessageDeleted)(llm.on_deleted)
     service.event(GuildReady)(llm.on_guild_ready)
     service.event(ConnectionState)(llm.on_connection)
     service.request(CommandInvoked)(llm.on_command)
@@ -149,6 +154,7 @@ class Llm:
         self.limiter = RateLimiter(self.settings.user_rate, self.settings.guild_rate)
         self.pacer = Pacer(self.settings.edit_interval_s)
         self._answered = RecentIds(10_000)
+        self.history = History()
         self.watcher = SettingsWatcher.from_env(service.name)
         self.bot_id: str | None = None
         self.guild_names: dict[str, str] = {}
@@ -245,6 +251,7 @@ class Llm:
     # --- messages -------------------------------------------------------------------
 
     async def on_message(self, msg: MessageCreated) -> None:
+        self.history.seen(msg)
         if msg.channel_name:
             self.channel_names[msg.channel_id] = msg.channel_name
         if self.bot_id is None and msg.reply_to_author_id:
@@ -261,6 +268,12 @@ class Llm:
             logger.warning("llm: too many questions waiting; {} dropped", msg.id)
         except anyio.ClosedResourceError:
             pass  # stopping
+
+    async def on_edited(self, msg: MessageEdited) -> None:
+        self.history.edited(msg.id, msg.content)
+
+    async def on_deleted(self, msg: MessageDeleted) -> None:
+        self.history.deleted(msg.id)
 
     async def _learn_world(self, guild_id: str | None) -> None:
         """We started after the gateway's guild.ready: ask it (rarely) who the bot is."""
@@ -324,12 +337,24 @@ class Llm:
                 reset_at = await self._reset_mark(msg.channel_id)
             except RemoteError as exc:  # answered, but not this: the history may still work
                 logger.warning("llm: no /reset mark for {}: {}", msg.channel_id, exc)
-            query: Message
-            if msg.reply_to_id:
+            known = (
+                self.history.chain(msg.reply_to_id, s.history_limit)
+                if msg.reply_to_id
+                else self.history.recent(msg.channel_id, s.history_limit)
+            )
+            if known is not None:
+                rows = known
+            elif msg.reply_to_id:
                 query = ReplyChain(msg.reply_to_id, limit=s.history_limit)
+                rows = _rows(
+                    await self.service.call("persistence", query, timeout=s.store_timeout_s)
+                )
             else:
-                query = RecentMessages(msg.channel_id, limit=s.history_limit, after_ts=reset_at)
-            rows = _rows(await self.service.call("persistence", query, timeout=s.store_timeout_s))
+                query = RecentMessages(msg.channel_id, limit=s.history_limit)
+                rows = _rows(
+                    await self.service.call("persistence", query, timeout=s.store_timeout_s)
+                )
+                self.history.seed(msg.channel_id, rows)
         except STORE_ERRORS as exc:
             logger.warning("llm: no conversation history ({}): answering {} alone", exc, msg.id)
         turns = turns_from_rows(
@@ -621,6 +646,7 @@ class ChannelSink:
         if message_id is None:
             return False
         msg = EditMessage(self.channel_id, message_id, content, allowed_mentions=self._mentions())
+        self.llm.history.edited(message_id, content)
         return await self.llm.gateway(msg) is not None
 
     def editable(self, index: int) -> bool:
