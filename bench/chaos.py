@@ -37,6 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bot_env, start_bot
 from sandbox.discord import DiscordEmulator
 from sandbox.openai_standin import OpenAIStandin
 from supervisor import control
@@ -80,36 +81,13 @@ class Bot:
 
     def __init__(self, tmp: Path, emu: DiscordEmulator, llm: OpenAIStandin) -> None:
         self.tmp = tmp
-        (tmp / "services.toml").write_text(chaos_config())
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "DISCORD_TOKEN": emu.token,
-            "DISCORD_API_BASE": emu.api_base,
-            "OPENAI_API_KEY": llm.api_key,
-            "OPENAI_BASE_URL": llm.base_url,
-            "BOT_SETTINGS_OVERRIDES": json.dumps(OVERRIDES),
-        }
+        self.env = bot_env(emu, llm, OVERRIDES)
         self.log = (tmp / "bot.log").open("a")
         self.runtime = tmp / "data" / "run"
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "run.py"),
-                "--config",
-                str(self.tmp / "services.toml"),
-                "--data-dir",
-                str(self.tmp / "data"),
-                "--env-file",
-                str(self.tmp / ".env"),
-            ],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        return start_bot(self.tmp, chaos_config(), self.env, self.log)
 
     def restart(self) -> None:
         self.proc.wait()

@@ -52,6 +52,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bot_env, start_bot
 from sandbox.discord import DiscordEmulator
 from sandbox.discord.world import Message, World
 from sandbox.openai_standin import OpenAIStandin
@@ -194,32 +195,8 @@ class Setup:
 
 
 def start_project(emu: DiscordEmulator, llm: OpenAIStandin, tmp: Path) -> Setup:
-    (tmp / "services.toml").write_text(PROJECT_TOML)
-    env = {
-        **os.environ,
-        "DISCORD_TOKEN": emu.token,
-        "DISCORD_API_BASE": emu.api_base,
-        "OPENAI_API_KEY": llm.api_key,
-        "OPENAI_BASE_URL": llm.base_url,
-        "PYTHONPATH": str(ROOT),
-        "BOT_SETTINGS_OVERRIDES": json.dumps(OVERRIDES),
-    }
     log = tmp / "log.txt"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "--config",
-            str(tmp / "services.toml"),
-            "--data-dir",
-            str(tmp / "data"),
-            "--env-file",
-            str(tmp / ".env"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
+    proc = start_bot(tmp, PROJECT_TOML, bot_env(emu, llm, OVERRIDES), log.open("w"))
     return Setup("project", proc, log)
 
 

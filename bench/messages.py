@@ -33,6 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bot_env, start_bot
 from sandbox.discord import DiscordEmulator
 
 PROJECT_TOML = """
@@ -84,29 +85,8 @@ class Setup:
 
 
 def start_project(emu: DiscordEmulator, tmp: Path) -> Setup:
-    (tmp / "services.toml").write_text(PROJECT_TOML)
-    env = {
-        **os.environ,
-        "DISCORD_TOKEN": emu.token,
-        "DISCORD_API_BASE": emu.api_base,
-        "PYTHONPATH": str(ROOT),
-        "BOT_SETTINGS_OVERRIDES": '{"gateway": {"identify_delay_s": 0.1}}',
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "--config",
-            str(tmp / "services.toml"),
-            "--data-dir",
-            str(tmp / "data"),
-            "--env-file",
-            str(tmp / ".env"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "log.txt", "w"),
-    )
+    env = bot_env(emu, overrides={"gateway": {"identify_delay_s": 0.1}})
+    proc = start_bot(tmp, PROJECT_TOML, env, (tmp / "log.txt").open("w"))
     return Setup("project", tmp / "data" / "bot.sqlite3", proc)
 
 
