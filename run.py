@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def main(argv: list[str]) -> int:
                     "export them or put NAME=value lines in .env",
                 )
             )
+    if args.log_format:
+        os.environ["BOT_LOG_FORMAT"] = args.log_format  # the services inherit it
     if args.log_format and config is not None:
         import dataclasses
 

@@ -183,13 +183,13 @@ class Bus:
                     durable.setdefault(peer, []).append(env)
                 else:
                     self.channel(peer).send(env)
-        if len(durable) == 1:
-            ((peer, envs),) = durable.items()
-            await self.channel(peer).send_durable(envs)
-        elif durable:
-            async with anyio.create_task_group() as tg:  # concurrent: one group commit
-                for peer, envs in durable.items():
-                    tg.start_soon(self.channel(peer).send_durable, envs)
+        if durable:
+            assert self.outbox is not None
+            lasts = await self.outbox.append_many(
+                {peer: [e.pack() for e in envs] for peer, envs in durable.items()}
+            )
+            for peer, last in lasts.items():
+                self.channel(peer).committed(last)
 
     async def request(
         self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0
@@ -263,6 +263,12 @@ class Bus:
             if lane.epoch != delivery.epoch:
                 lane.epoch, lane.expected = delivery.epoch, delivery.acked + 1
                 lane.processed = delivery.acked
+            elif delivery.acked >= lane.expected:
+                # The sender knows more was handled than this lane does (it started on a
+                # stale frame after a restart): skip ahead, or it would wait for ever for
+                # events the sender has already deleted.
+                lane.expected = delivery.acked + 1
+                lane.processed = max(lane.processed, delivery.acked)
             if delivery.seq < lane.expected:
                 lane.duplicates += 1
                 self._ack(lane)  # the sender missed our ack: say it again

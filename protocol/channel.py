@@ -162,6 +162,7 @@ class Channel:
                 return  # closed
             event = parse_monitor_message(frames)["event"]
             self.connected = event == zmq.EVENT_CONNECTED
+            self._wake.set()  # the durable pump waits differently for an absent peer
             if not self.connected:
                 for done, box in self._pending.values():
                     box.append(None)
@@ -236,25 +237,29 @@ class Channel:
         done = anyio.Event()
         box: list[Envelope | None] = []
         self._pending[env.id] = (done, box)
+        answered = False
         try:
             if not self._send_now([env.pack()]):
                 self.counters.dropped += 1
-                self.breaker.record_failure()
                 raise RequestTimeout(f"{self.peer}: send queue full")
             with anyio.move_on_after(timeout):
                 await done.wait()
+            if not box:
+                self.counters.failed += 1
+                raise RequestTimeout(f"{self.peer} did not answer {env.type} within {timeout}s")
+            reply = box[0]
+            if reply is None:
+                self.counters.failed += 1
+                raise PeerGone(f"{self.peer} went away before answering {env.type}")
+            answered = True
         finally:
             self._pending.pop(env.id, None)
-        if not box:
-            self.counters.failed += 1
-            self.breaker.record_failure()
-            raise RequestTimeout(f"{self.peer} did not answer {env.type} within {timeout}s")
-        reply = box[0]
-        if reply is None:
-            self.counters.failed += 1
-            self.breaker.record_failure()
-            raise PeerGone(f"{self.peer} went away before answering {env.type}")
-        self.breaker.record_success()
+            # Exactly one outcome per call, also when the caller is cancelled or the
+            # send fails: a half-open probe must never stay out for ever.
+            if answered:
+                self.breaker.record_success()
+            else:
+                self.breaker.record_failure()
         if reply.kind is Kind.ERROR:
             raise RemoteError(
                 self.peer, str(reply.body.get("reason")), str(reply.body.get("detail"))
@@ -262,10 +267,13 @@ class Channel:
         return reply
 
     async def send_durable(self, envs: list[Envelope]) -> None:
-        """Store events in the outbox (returns once they are on disk); the pump sends them."""
+        """Store events for this peer alone (Bus.publish_many stores for all at once)."""
         assert self._outbox is not None, "durable send on a channel without outbox"
-        last = await self._outbox.append(self.peer, [e.pack() for e in envs])
-        self._last_seq = max(self._last_seq, last)
+        self.committed(await self._outbox.append(self.peer, [e.pack() for e in envs]))
+
+    def committed(self, last_seq: int) -> None:
+        """Events up to `last_seq` are in the outbox: the pump may send them."""
+        self._last_seq = max(self._last_seq, last_seq)
         self._wake.set()
 
     # --- receiving ------------------------------------------------------------------
@@ -338,7 +346,12 @@ class Channel:
                     self._sent_through = seq
                 continue
             waiting_for_ack = self._acked < self._sent_through
-            if waiting_for_ack:
+            if waiting_for_ack and not self.connected:
+                # The peer is not there: resending would only pile frames into its queue.
+                # Once it is back, its gap report (or this timer) brings the go-back.
+                self._last_progress = self._clock()
+                timeout = self.policy.ack_timeout_s
+            elif waiting_for_ack:
                 silent = self._clock() - self._last_progress
                 rto = min(
                     self.policy.retransmit_max_s,

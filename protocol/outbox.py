@@ -33,9 +33,8 @@ CREATE TABLE IF NOT EXISTS event (channel TEXT NOT NULL, seq INTEGER NOT NULL,
 
 @dataclass
 class _Pending:
-    channel: str
-    frames: list[bytes]
-    last: int | None = None
+    batches: list[tuple[str, list[bytes]]]
+    lasts: list[int] | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -134,33 +133,40 @@ class Outbox:
         return await self._run(self._state, channel)
 
     async def append(self, channel: str, frames: list[bytes]) -> int:
-        """Store frames in order; returns the sequence of the last one.
+        """Store frames in order; returns the sequence of the last one."""
+        return (await self.append_many({channel: frames}))[channel]
 
-        Group commit: the first caller commits; callers arriving meanwhile (for any
-        channel) join the next transaction, so concurrent publishers share a disk write.
+    async def append_many(self, batches: dict[str, list[bytes]]) -> dict[str, int]:
+        """Store frames for several channels in one transaction; the last sequence of each.
+
+        Group commit: the first caller commits; callers arriving meanwhile join the next
+        transaction, so concurrent publishers share a disk write. The commit is shielded
+        from cancellation: a cancelled committer still finishes what others wait for.
         """
-        pending = _Pending(channel, frames)
+        pending = _Pending(list(batches.items()))
         self._waiting.append(pending)
         if not self._committing:
             self._committing = True
-            batch: list[_Pending] = []
             try:
-                while self._waiting:
-                    batch, self._waiting = self._waiting, []
-                    lasts = await self._run(
-                        self._append_all, [(p.channel, p.frames) for p in batch]
-                    )
-                    for p, last in zip(batch, lasts, strict=True):
-                        p.last = last
-                        p.done.set()
+                with anyio.CancelScope(shield=True):
+                    while self._waiting:
+                        batch, self._waiting = self._waiting, []
+                        lasts = await self._run(
+                            self._append_all, [item for p in batch for item in p.batches]
+                        )
+                        for p in batch:
+                            p.lasts, lasts = lasts[: len(p.batches)], lasts[len(p.batches) :]
+                            p.done.set()
             finally:
                 self._committing = False
-                for p in batch:
-                    p.done.set()  # on failure: nobody waits forever (they see last=None)
+                for p in self._waiting:
+                    p.done.set()  # the commit failed: nobody waits for ever (lasts stays None)
         await pending.done.wait()
-        if pending.last is None:
-            raise RuntimeError("outbox commit failed")  # the committer's error was raised there
-        return pending.last
+        if pending.lasts is None:
+            raise RuntimeError("outbox commit failed")  # the committer raised the cause
+        return {
+            channel: last for (channel, _), last in zip(pending.batches, pending.lasts, strict=True)
+        }
 
     async def ack(self, channel: str, through: int) -> None:
         await self._run(self._ack, channel, through)

@@ -26,10 +26,12 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(expected_parent: int) -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies, then close the race."""
+    """Ask the kernel to kill us when the supervisor dies, then close the race."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # SIGKILL, not SIGTERM: a child whose event loop is blocked could not act on a
+        # SIGTERM and would live on as an orphan. Its outbox is on disk either way.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the runtime's heartbeat loop still notices a changed parent
     if os.getppid() != expected_parent:
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     sup = config.supervisor
-    logs.setup(name, sup.log_format, sup.log_dir or sup.data_dir / "logs")
+    log_format = os.environ.get("BOT_LOG_FORMAT") or sup.log_format  # run.py --log-format
+    logs.setup(name, log_format, sup.log_dir or sup.data_dir / "logs")
     spec = config.service(name)
     settings = {**spec.settings, **settings_overrides(name)}
     module = importlib.import_module(spec.module)

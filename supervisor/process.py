@@ -34,7 +34,7 @@ ALLOWED: dict[State, set[State]] = {
     State.STOPPED: {State.STARTING},
     State.STARTING: {State.RUNNING, State.STOPPING, State.BACKOFF, State.EXITED, State.FATAL},
     State.RUNNING: {State.STOPPING, State.BACKOFF, State.EXITED, State.FATAL},
-    State.STOPPING: {State.STOPPED, State.BACKOFF, State.FATAL},
+    State.STOPPING: {State.STOPPED, State.BACKOFF, State.EXITED, State.FATAL},
     State.BACKOFF: {State.STARTING, State.STOPPED},
     State.EXITED: {State.STARTING, State.STOPPED},
     State.FATAL: {State.STARTING, State.STOPPED},

@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.breaker import BreakerOpen, BreakerState
-from protocol.bus import Bus, Topology
+from protocol.bus import Bus, Reply, Topology
 from protocol.channel import ChannelPolicy, RemoteError, RequestTimeout
-from protocol.envelope import Envelope, Kind, unpack
+from protocol.envelope import Delivery, Envelope, Kind, unpack
 from protocol.messages import Heartbeat, Ping
 from protocol.runtime import RuntimeContext, Service
+from tests.services.messages import Item
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +168,63 @@ async def test_plain_events_reach_subscribers_in_order(tmp_path: Path) -> None:
         assert seen == list(range(500))
         server.stop()
         tg.cancel_scope.cancel()
+
+
+async def test_a_cancelled_probe_does_not_leave_the_breaker_half_open(tmp_path: Path) -> None:
+    policy = ChannelPolicy(failure_threshold=1, reset_timeout_s=0.1)
+    client = Bus("a", topology(tmp_path), bind=False, policy=policy)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        with pytest.raises(RequestTimeout):
+            await client.request("b", Ping(), timeout=0.05)
+        await anyio.sleep(0.15)
+        with anyio.move_on_after(0.05):  # the caller gives up while its probe is out
+            await client.request("b", Ping(), timeout=5)
+        await anyio.sleep(0.15)
+        with pytest.raises(RequestTimeout):  # a new probe goes out: not BreakerOpen
+            await client.request("b", Ping(), timeout=0.05)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_restarted_receiver_starting_on_a_stale_frame_catches_up(tmp_path: Path) -> None:
+    """Its first frame is an old one (sent when the sender had acked 0); the sender has
+    since had 50 acked and deleted them. The lane must skip ahead, not wait for seq 1."""
+    got: list[Envelope] = []
+
+    async def on_events(batch: list[Envelope]) -> None:
+        got.extend(batch)
+
+    bus = Bus("b", topology(tmp_path), on_events=on_events)
+    bus._router_send = lambda ident, env: True  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        bus._tg = tg
+        event = lambda: Envelope(Kind.EVENT, "x", "s", "b", {})  # noqa: E731
+        bus._accept(event(), Delivery("E", 80, 0), "s", b"s", Reply(lambda e: True))
+        for seq in range(51, 60):
+            bus._accept(event(), Delivery("E", seq, 50), "s", b"s", Reply(lambda e: True))
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    bus.close()
+    assert len(got) == 9
+
+
+async def test_durable_events_for_several_subscribers_share_one_transaction(
+    tmp_path: Path,
+) -> None:
+    topo = Topology(
+        {"a": f"ipc://{tmp_path}/a", "p": f"ipc://{tmp_path}/p", "l": f"ipc://{tmp_path}/l"},
+        {"test.item": ["p", "l"]},
+    )
+    bus = Bus("a", topo, bind=False, outbox_path=tmp_path / "outbox.sqlite3")
+    assert bus.outbox is not None
+    transactions: list[list[str]] = []
+    real = bus.outbox._append_all
+
+    def counting(batches: list[tuple[str, list[bytes]]]) -> list[int]:
+        transactions.append([channel for channel, _ in batches])
+        return real(batches)
+
+    bus.outbox._append_all = counting  # type: ignore[method-assign]
+    await bus.publish_many([Item(1), Item(2)])
+    bus.close()
+    assert transactions == [["p", "l"]]

@@ -145,3 +145,12 @@ def test_status_uses_the_state_names() -> None:
     p.ready(1)
     s = p.status(11)
     assert (s["state"], s["pid"], s["uptime_s"], s["restarts"]) == ("RUNNING", 42, 10.0, 0)
+
+
+def test_a_temporary_service_killed_as_hung_ends_exited_not_in_a_crash() -> None:
+    p = make("temporary")
+    p.spawned(100, 0.0)
+    p.ready(0.0)
+    p.stopping("hung")
+    assert p.exited(-9, 20.0) is None
+    assert p.state is State.EXITED

@@ -60,6 +60,8 @@ class GatewaySocket(DiscordWebSocket):
             client.resume_from = None
             logger.info("resuming session {} at seq {}", saved.session_id[:8], saved.seq)
             params.update(session=saved.session_id, sequence=saved.seq, resume=True)
+            if saved.resume_url:  # Discord asks for resumes to go to this URL
+                params["gateway"] = f"{saved.resume_url}?encoding=json&v=10&compress=zlib-stream"
         return await super().from_client(client, initial=initial, **params)
 
 

@@ -15,10 +15,13 @@ import os
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anyio
 import discord
+import tenacity
 from anyio.abc import TaskGroup
 from loguru import logger
 
@@ -67,6 +70,15 @@ SESSION_SAVE_EVERY_S = 0.05
 INTERACTION_TTL_S = 900.0  # interaction tokens live 15 minutes
 
 
+@dataclass(frozen=True)
+class Position:
+    """A place in a Discord session: what a successor RESUMEs from."""
+
+    session_id: str
+    seq: int
+    resume_url: str | None
+
+
 class Gateway:
     """The state one gateway process holds; module-level so handlers read top to bottom."""
 
@@ -78,18 +90,21 @@ class Gateway:
         self.resume_url: str | None = None
         self.bot_id: str | None = None
         self.resumed_from: SavedSession | None = None
-        # Dispatches in arrival order: (sequence number, protocol events).
-        self.queue: deque[tuple[int | None, list[Message]]] = deque()
+        # Dispatches in arrival order, with the session they belong to: a READY after a
+        # refused resume starts a new session while older events may still be queued.
+        self.queue: deque[tuple[Position | None, list[Message]]] = deque()
         self.queue_wake = anyio.Event()
         self.queue_drained = anyio.Event()
-        self.committed_seq: int | None = None
+        self.committed: Position | None = None  # every event up to here is in the outbox
         self.seq_committed = anyio.Event()
-        self.saved_seq: int | None = None
+        self.saved: Position | None = None
+        self.save_lock = anyio.Lock()
         self.counts_dirty: set[str] = set()
         self.renames: dict[str, deque[float]] = {}
         self.interactions: dict[str, Invocation] = {}
         self.tg: TaskGroup | None = None
         self.request_timeout_s = 15.0
+        self.logged_in = False
 
     def http(self) -> Any:
         assert self.client is not None
@@ -99,11 +114,13 @@ class Gateway:
 gw = Gateway()
 
 
-# --- start: log in, register slash commands, connect --------------------------------
+# --- start: prepare, then (in the background) log in, register commands, connect -----
 
 
 @service.setup
-async def log_in() -> None:
+async def prepare() -> None:
+    """Nothing here needs Discord: the gateway is up on the bus even while Discord is
+    unreachable, and says so (requests get "not_connected" until it logs in)."""
     settings = service.settings
     assert service.ctx is not None
     api_base = os.environ.get("DISCORD_API_BASE")
@@ -120,20 +137,45 @@ async def log_in() -> None:
     if saved is not None:
         gw.guilds.load(saved.guilds)
         gw.resumed_from = gw.client.resume_from = saved
-        gw.session_id, gw.committed_seq = saved.session_id, saved.seq
-        gw.resume_url, gw.bot_id = saved.resume_url, saved.bot_user_id
+        gw.session_id, gw.resume_url, gw.bot_id = (
+            saved.session_id,
+            saved.resume_url,
+            saved.bot_user_id,
+        )
+        gw.committed = gw.saved = Position(saved.session_id, saved.seq, saved.resume_url)
     GatewaySocket.sink = on_dispatch
+    assert service.bus is not None
+    for owner in set(service.ctx.topology.commands.values()):
+        service.bus.channel(owner)  # connect early: interactions must be answered within 3 s
+
+
+async def _log_in() -> None:
+    """Log in, retrying with backoff while Discord cannot be reached; a rejected token
+    is final (exit 2: restarting would not help)."""
+    assert gw.client is not None
+    retrying = tenacity.AsyncRetrying(
+        wait=tenacity.wait_exponential_jitter(initial=1, max=60),
+        retry=tenacity.retry_if_exception(_worth_retrying),
+        before_sleep=lambda state: logger.warning(
+            "Discord unreachable ({}); retrying login", state.outcome.exception()
+        ),
+    )
     try:
-        await gw.client.login(os.environ.get("DISCORD_TOKEN", ""))
+        async for attempt in retrying:
+            with attempt:
+                await gw.client.login(os.environ.get("DISCORD_TOKEN", ""))
     except discord.LoginFailure:
         logger.error("Discord rejected DISCORD_TOKEN: set a valid bot token (nothing retried)")
         await gw.client.close()
         sys.exit(2)
     gw.bot_id = str(gw.client.user.id) if gw.client.user else gw.bot_id
-    await _register_commands()
-    assert service.bus is not None
-    for owner in set(service.ctx.topology.commands.values()):
-        service.bus.channel(owner)  # connect early: interactions must be answered within 3 s
+    gw.logged_in = True
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    if isinstance(exc, discord.HTTPException):
+        return exc.status >= 500 or exc.status == 429
+    return isinstance(exc, OSError | aiohttp.ClientError | TimeoutError)
 
 
 async def _register_commands() -> None:
@@ -153,6 +195,8 @@ async def _register_commands() -> None:
 async def stay_connected() -> None:
     """py-cord's connect loop (reconnects and RESUMEs by itself), plus our helpers."""
     assert gw.client is not None
+    await _log_in()
+    await _register_commands()
     async with anyio.create_task_group() as tg:
         gw.tg = tg
         tg.start_soon(publish_in_order)
@@ -196,7 +240,7 @@ def on_dispatch(payload: dict[str, Any]) -> None:
         if event == "READY":
             _on_ready(d)
         elif event == "RESUMED":
-            logger.info("session resumed at seq {}", seq if seq is not None else gw.committed_seq)
+            logger.info("session resumed at seq {}", seq)
             _publish_connection("resumed")
         elif event == "INTERACTION_CREATE":
             invocation = Invocation.parse(d)
@@ -214,7 +258,12 @@ def on_dispatch(payload: dict[str, Any]) -> None:
         # A payload missing what Discord always sends: log it once, lose nothing else.
         logger.error("dropped malformed {} (seq {}): {!r}", event, seq, exc)
         events = []
-    gw.queue.append((seq if isinstance(seq, int) else None, events))
+    position = (
+        Position(gw.session_id, seq, gw.resume_url)
+        if isinstance(seq, int) and gw.session_id
+        else None
+    )
+    gw.queue.append((position, events))
     gw.queue_wake.set()
 
 
@@ -242,19 +291,19 @@ async def publish_in_order() -> None:
         gw.queue_wake = anyio.Event()
         while gw.queue:
             batch: list[Message] = []
-            last_seq = None
+            last: Position | None = None
             while gw.queue and len(batch) < 500:
-                seq, events = gw.queue.popleft()
+                position, events = gw.queue.popleft()
                 batch.extend(events)
-                last_seq = seq if seq is not None else last_seq
+                last = position or last
             durable = [m for m in batch if m.DURABLE]
             if durable:
                 await service.publish_many(durable)
             for m in batch:
                 if not m.DURABLE:
                     await service.publish(m)
-            if last_seq is not None:
-                gw.committed_seq = last_seq
+            if last is not None:
+                gw.committed = last
                 gw.seq_committed.set()
         gw.queue_drained.set()
 
@@ -269,15 +318,14 @@ async def save_session() -> None:
 
 
 async def _save_session() -> None:
-    if gw.session_file is None or gw.session_id is None or gw.committed_seq is None:
-        return
-    if gw.committed_seq == gw.saved_seq:
-        return
-    seq = gw.committed_seq
-    await gw.session_file.save(
-        SavedSession(gw.session_id, seq, gw.resume_url, gw.bot_id, gw.guilds.to_json())
-    )
-    gw.saved_seq = seq
+    async with gw.save_lock:  # the saver task and teardown must not write at once
+        at = gw.committed
+        if gw.session_file is None or at is None or at == gw.saved:
+            return
+        await gw.session_file.save(
+            SavedSession(at.session_id, at.seq, at.resume_url, gw.bot_id, gw.guilds.to_json())
+        )
+        gw.saved = at
 
 
 async def publish_counts() -> None:
@@ -309,6 +357,14 @@ def _publish_connection(state: str) -> None:
 
 
 async def answer_interaction(inv: Invocation) -> None:
+    """Answer one slash command; a failed Discord call is logged, never fatal."""
+    try:
+        await _answer_interaction(inv)
+    except Exception:
+        logger.exception("/{} ({}) could not be answered", inv.command, inv.id)
+
+
+async def _answer_interaction(inv: Invocation) -> None:
     assert service.ctx is not None and service.bus is not None
     owner = service.ctx.topology.commands.get(inv.command)
     if owner is None:
@@ -405,6 +461,9 @@ async def _edit_original(
 
 async def _discord(call: Any) -> Any:
     """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
+    if not gw.logged_in:
+        call.close()  # never awaited: the coroutine is dropped cleanly
+        raise Refused("not_connected", "not logged in to Discord yet")
     try:
         with anyio.fail_after(gw.request_timeout_s):
             return await call
