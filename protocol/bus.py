@@ -26,7 +26,7 @@ import zmq.asyncio
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from protocol.channel import Channel, ChannelPolicy, configure_socket
+from protocol.channel import Channel, ChannelPolicy, configure_socket, send_nowait
 from protocol.envelope import (
     Delivery,
     Envelope,
@@ -230,7 +230,7 @@ class Bus:
     def _router_send(self, ident: bytes, env: Envelope) -> bool:
         assert self.router is not None
         try:
-            self.router.send_multipart([ident, env.pack()], flags=zmq.NOBLOCK)
+            send_nowait(self.router, [ident, env.pack()])
             return True
         except zmq.ZMQError:  # EHOSTUNREACH (peer gone, ROUTER_MANDATORY) or queue full
             return False

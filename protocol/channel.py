@@ -82,6 +82,18 @@ def configure_socket(sock: zmq.Socket, identity: str | None, hwm: int) -> None:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
 
 
+def send_nowait(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+    """Send without waiting, raising zmq.Again (queue full) or ZMQError (e.g. a vanished
+    peer under ROUTER_MANDATORY) here and now.
+
+    An asyncio socket's send returns a Future even with NOBLOCK, resolved at once (no
+    send ever waits here); its error must be read from it, or it is silently lost.
+    """
+    future = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+    if future.done() and future.exception() is not None:
+        raise future.exception()  # type: ignore[misc]
+
+
 # Handles frames the peer sends us unasked on this connection (requests, events, control).
 InboundHandler = Callable[[Envelope, "Channel"], Awaitable[None]]
 
@@ -195,7 +207,7 @@ class Channel:
 
     def _send_now(self, frames: list[bytes]) -> bool:
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_nowait(self.sock, frames)
         except zmq.Again:
             return False
         self.counters.sent += 1

@@ -228,3 +228,13 @@ async def test_durable_events_for_several_subscribers_share_one_transaction(
     await bus.publish_many([Item(1), Item(2)])
     bus.close()
     assert transactions == [["p", "l"]]
+
+
+async def test_a_reply_to_a_vanished_peer_is_reported_not_lost_in_a_future(
+    tmp_path: Path,
+) -> None:
+    """ROUTER_MANDATORY makes such a send fail; the failure must surface as False."""
+    bus = Bus("b", topology(tmp_path))
+    env = Envelope(Kind.REPLY, "ping", "b", "nobody", {})
+    assert bus.send_to_connection("nobody", env) is False
+    bus.close()
