@@ -172,9 +172,10 @@ class Bus:
         await self.publish_many([msg])
         return len(self.topology.subscribers.get(msg.TYPE, ()))
 
-    async def publish_many(self, msgs: list[Message]) -> None:
+    async def publish_many(self, msgs: list[Message], meta: dict[str, str] | None = None) -> None:
         """Send events to their subscribers, in order. Durable events are stored in one
-        outbox transaction for all subscribers before this returns."""
+        outbox transaction for all subscribers before this returns, together with `meta`
+        (the sender's own bookkeeping that must be on disk exactly when they are)."""
         durable: dict[str, list[Envelope]] = {}
         for msg in msgs:
             for peer in self.topology.subscribers.get(msg.TYPE, ()):
@@ -183,10 +184,10 @@ class Bus:
                     durable.setdefault(peer, []).append(env)
                 else:
                     self.channel(peer).send(env)
-        if durable:
-            assert self.outbox is not None
+        if durable or meta:
+            assert self.outbox is not None, "meta needs an outbox"
             lasts = await self.outbox.append_many(
-                {peer: [e.pack() for e in envs] for peer, envs in durable.items()}
+                {peer: [e.pack() for e in envs] for peer, envs in durable.items()}, meta
             )
             for peer, last in lasts.items():
                 self.channel(peer).committed(last)

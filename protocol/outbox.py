@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS event (channel TEXT NOT NULL, seq INTEGER NOT NULL,
 @dataclass
 class _Pending:
     batches: list[tuple[str, list[bytes]]]
+    meta: dict[str, str]
     lasts: list[int] | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
 
@@ -78,8 +79,10 @@ class Outbox:
         ).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
-    def _append_all(self, batches: list[tuple[str, list[bytes]]]) -> list[int]:
-        """One transaction for every batch; the last sequence number of each."""
+    def _append_all(
+        self, batches: list[tuple[str, list[bytes]]], meta: dict[str, str] | None = None
+    ) -> list[int]:
+        """One transaction for every batch (and `meta`); the last sequence number of each."""
         lasts: dict[str, int] = {}
         result = []
         self._db.execute("BEGIN")
@@ -99,6 +102,11 @@ class Outbox:
                     "INSERT INTO channel VALUES (?, ?, 0) "
                     "ON CONFLICT(name) DO UPDATE SET last_seq=?",
                     (channel, last, last),
+                )
+            for key, value in (meta or {}).items():
+                self._db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=?",
+                    (key, value, value),
                 )
             self._db.execute("COMMIT")
         except BaseException:
@@ -136,37 +144,53 @@ class Outbox:
         """Store frames in order; returns the sequence of the last one."""
         return (await self.append_many({channel: frames}))[channel]
 
-    async def append_many(self, batches: dict[str, list[bytes]]) -> dict[str, int]:
+    async def append_many(
+        self, batches: dict[str, list[bytes]], meta: dict[str, str] | None = None
+    ) -> dict[str, int]:
         """Store frames for several channels in one transaction; the last sequence of each.
+
+        `meta` is written in the same transaction: a sender's own position (the gateway's
+        Discord sequence number) is then on disk exactly when the events up to it are.
 
         Group commit: the first caller commits; callers arriving meanwhile join the next
         transaction, so concurrent publishers share a disk write. The commit is shielded
         from cancellation: a cancelled committer still finishes what others wait for.
         """
-        pending = _Pending(list(batches.items()))
+        pending = _Pending(list(batches.items()), meta or {})
         self._waiting.append(pending)
         if not self._committing:
             self._committing = True
+            batch: list[_Pending] = []
             try:
                 with anyio.CancelScope(shield=True):
                     while self._waiting:
                         batch, self._waiting = self._waiting, []
+                        merged_meta = {k: v for p in batch for k, v in p.meta.items()}
                         lasts = await self._run(
-                            self._append_all, [item for p in batch for item in p.batches]
+                            self._append_all,
+                            [item for p in batch for item in p.batches],
+                            merged_meta,
                         )
                         for p in batch:
                             p.lasts, lasts = lasts[: len(p.batches)], lasts[len(p.batches) :]
                             p.done.set()
             finally:
                 self._committing = False
-                for p in self._waiting:
-                    p.done.set()  # the commit failed: nobody waits for ever (lasts stays None)
+                for p in [*batch, *self._waiting]:
+                    p.done.set()  # on failure nobody waits for ever (lasts stays None)
         await pending.done.wait()
         if pending.lasts is None:
             raise RuntimeError("outbox commit failed")  # the committer raised the cause
         return {
             channel: last for (channel, _), last in zip(pending.batches, pending.lasts, strict=True)
         }
+
+    def _get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._run(self._get_meta, key)
 
     async def ack(self, channel: str, through: int) -> None:
         await self._run(self._ack, channel, through)

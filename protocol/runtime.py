@@ -139,9 +139,9 @@ class Service:
         assert self.bus is not None, "publish before the service runs"
         return await self.bus.publish(msg)
 
-    async def publish_many(self, msgs: list[Message]) -> None:
+    async def publish_many(self, msgs: list[Message], meta: dict[str, str] | None = None) -> None:
         assert self.bus is not None, "publish before the service runs"
-        await self.bus.publish_many(msgs)
+        await self.bus.publish_many(msgs, meta)
 
     async def call(
         self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0

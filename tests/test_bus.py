@@ -220,9 +220,9 @@ async def test_durable_events_for_several_subscribers_share_one_transaction(
     transactions: list[list[str]] = []
     real = bus.outbox._append_all
 
-    def counting(batches: list[tuple[str, list[bytes]]]) -> list[int]:
+    def counting(batches: list[tuple[str, list[bytes]]], meta: dict | None = None) -> list[int]:
         transactions.append([channel for channel, _ in batches])
-        return real(batches)
+        return real(batches, meta)
 
     bus.outbox._append_all = counting  # type: ignore[method-assign]
     await bus.publish_many([Item(1), Item(2)])

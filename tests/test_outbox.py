@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -19,9 +20,9 @@ async def test_a_cancelled_committer_still_commits_for_the_callers_that_joined_i
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     real = outbox._append_all
 
-    def slow_disk(batches: list[tuple[str, list[bytes]]]) -> list[int]:
+    def slow_disk(batches: list[tuple[str, list[bytes]]], meta: dict | None = None) -> list[int]:
         time.sleep(0.1)
-        return real(batches)
+        return real(batches, meta)
 
     outbox._append_all = slow_disk  # type: ignore[method-assign]
     result: dict[str, int] = {}
@@ -41,4 +42,16 @@ async def test_a_cancelled_committer_still_commits_for_the_callers_that_joined_i
     assert result == {"llm": 1}
     assert await outbox.state("llm") == (1, 0)
     assert await outbox.state("persistence") == (1, 0)  # shielded: committed all the same
+    outbox.close()
+
+
+async def test_meta_is_written_in_the_same_transaction_as_the_events(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    await outbox.append_many({"p": [b"x"]}, {"gateway.position": "s1:7"})
+    assert await outbox.get_meta("gateway.position") == "s1:7"
+    # Make the next event's insert fail inside the transaction (its key is taken):
+    outbox._db.execute("INSERT INTO event VALUES ('p', 2, x'00')")
+    with pytest.raises(sqlite3.IntegrityError):
+        await outbox.append_many({"p": [b"y"]}, {"gateway.position": "s1:8"})
+    assert await outbox.get_meta("gateway.position") == "s1:7"
     outbox.close()

@@ -11,11 +11,12 @@ Sends: discord.* events to their subscribers (services.toml), replies.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
@@ -67,6 +68,7 @@ service = Service("gateway")
 RENAMES_PER_WINDOW = 2  # Discord: 2 channel renames per 10 minutes per channel
 RENAME_WINDOW_S = 600.0
 SESSION_SAVE_EVERY_S = 0.05
+POSITION_KEY = "gateway.position"  # in the gateway's outbox
 INTERACTION_TTL_S = 900.0  # interaction tokens live 15 minutes
 
 
@@ -130,6 +132,12 @@ async def prepare() -> None:
     gw.request_timeout_s = float(settings.get("request_timeout_s", 15))
     gw.session_file = SessionFile(service.ctx.data_dir / "gateway-session.json")
     saved = gw.session_file.load()
+    assert service.bus is not None and service.bus.outbox is not None
+    stored = await service.bus.outbox.get_meta(POSITION_KEY)
+    if saved is not None and stored is not None:
+        # The outbox holds the position committed with the events themselves: it wins.
+        at = Position(**json.loads(stored))
+        saved.session_id, saved.seq, saved.resume_url = at.session_id, at.seq, at.resume_url
     gw.client = GatewayClient(
         identify_delay_s=float(settings.get("identify_delay_s", 5.0)),
         on_state=lambda state: _publish_connection(state),
@@ -298,7 +306,10 @@ async def publish_in_order() -> None:
                 last = position or last
             durable = [m for m in batch if m.DURABLE]
             if durable:
-                await service.publish_many(durable)
+                # The position goes into the same outbox transaction as the events: after
+                # a crash, a RESUME replays exactly what is not stored, nothing twice.
+                meta = {POSITION_KEY: json.dumps(asdict(last))} if last else None
+                await service.publish_many(durable, meta)
             for m in batch:
                 if not m.DURABLE:
                     await service.publish(m)
@@ -318,10 +329,12 @@ async def save_session() -> None:
 
 
 async def _save_session() -> None:
+    """The position (for batches without durable events) and the guild state."""
     async with gw.save_lock:  # the saver task and teardown must not write at once
         at = gw.committed
         if gw.session_file is None or at is None or at == gw.saved:
             return
+        await service.publish_many([], {POSITION_KEY: json.dumps(asdict(at))})
         await gw.session_file.save(
             SavedSession(at.session_id, at.seq, at.resume_url, gw.bot_id, gw.guilds.to_json())
         )

@@ -1,8 +1,9 @@
 """What the gateway keeps on disk so its successor can RESUME the same Discord session.
 
-`seq` is saved only once every event up to it is in the outbox, so a RESUME
-from it replays exactly what was not yet safely stored. The guild state is
-saved beside it (py-cord's cache is empty after such a resume).
+The authoritative position (session id, sequence number) is written into the
+gateway's outbox in the same transaction as the events up to it, so a RESUME
+replays exactly what was not stored. This file carries the rest: the guild state
+(py-cord's cache is empty after such a resume) and a copy of the position.
 """
 
 from __future__ import annotations
