@@ -44,3 +44,17 @@ def test_under_journald_lines_get_priorities_and_no_timestamps() -> None:
     lines = run("text", {"JOURNAL_STREAM": "8:1234"})
     assert lines == ["<6>llm: hello", "<3>llm: broken", "<4>llm: discord.gateway: from py-cord"]
 
+
+
+def test_log_format_json_reaches_the_services_too(tmp_path) -> None:
+    from tests.harness import Running
+
+    toml = '[services.echo]\nmodule = "tests.services.echo"\n'
+    bot = Running(tmp_path, toml, args=("--log-format", "json"))
+    try:
+        bot.wait_all_running()
+    finally:
+        bot.stop()
+        bot.cleanup()
+    records = [json.loads(line) for line in bot.output().splitlines() if line.strip()]
+    assert {"supervisor", "echo"} <= {r["service"] for r in records}
