@@ -197,7 +197,3 @@ class Outbox:
 
     async def load(self, channel: str, after: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         return await self._run(self._load, channel, after, limit)
-
-    async def pending_count(self, channel: str) -> int:
-        last, acked = await self.state(channel)
-        return last - acked

@@ -33,6 +33,8 @@ class Effects(Protocol):
 
     def rss_mb(self, pid: int) -> float | None: ...
 
+    def forget(self, pid: int) -> None: ...
+
     def now(self) -> float: ...
 
     def random(self) -> float: ...
@@ -76,6 +78,7 @@ class OSEffects:
             return None
 
     def forget(self, pid: int) -> None:
+        """The process is gone: drop what was kept to read its memory."""
         self._ps.pop(pid, None)
 
     def now(self) -> float:

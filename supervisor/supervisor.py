@@ -155,6 +155,7 @@ class Supervisor:
                 self._note_change()
                 returncode = await child.wait()
                 del self._children[name]
+                self.effects.forget(child.pid)
                 self._gone[name].set()
                 decision = proc.exited(returncode, self.effects.now())
             else:

@@ -54,6 +54,3 @@ class SessionFile:
 
     async def save(self, session: SavedSession) -> None:
         await anyio.to_thread.run_sync(self._write, session)
-
-    def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
