@@ -37,7 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bot_env, start_bot
+from bench.common import bot_env, start_bot, stop_process
 from sandbox.discord import DiscordEmulator
 from sandbox.openai_standin import OpenAIStandin
 from supervisor import control
@@ -94,13 +94,7 @@ class Bot:
         self.proc = self._start()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
     def status(self) -> dict[str, Any] | None:

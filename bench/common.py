@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 from sandbox.discord import DiscordEmulator
 from sandbox.openai_standin import OpenAIStandin
@@ -50,3 +53,28 @@ def start_bot(tmp: Path, toml: str, env: dict[str, str], log: IO[Any]) -> subpro
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
+
+
+def rss_by_process(proc: subprocess.Popen, name: str) -> dict[str, float]:
+    """RSS in MB of a setup's process and, for the project, each service by name."""
+    out: dict[str, float] = {}
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            cmd = p.cmdline()
+            label = cmd[-1] if "supervisor.child" in " ".join(cmd) else name
+            out[label] = round(p.memory_info().rss / 1e6, 1)
+    except psutil.Error:
+        pass
+    return out
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, as systemd would; SIGKILL if it does not stop in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -36,7 +36,6 @@ import asyncio
 import contextvars
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,12 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bot_env, start_bot
+from bench.common import bot_env, rss_by_process, start_bot, stop_process
 from sandbox.discord import DiscordEmulator
 from sandbox.discord.world import Message, World
 from sandbox.openai_standin import OpenAIStandin
@@ -174,24 +171,10 @@ class Setup:
         self.name, self.proc, self.log = name, proc, log
 
     def rss_mb(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        try:
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                cmd = p.cmdline()
-                name = cmd[-1] if "supervisor.child" in " ".join(cmd) else self.name
-                out[name] = round(p.memory_info().rss / 1e6, 1)
-        except psutil.Error:
-            pass
-        return out
+        return rss_by_process(self.proc, self.name)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_project(emu: DiscordEmulator, llm: OpenAIStandin, tmp: Path) -> Setup:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -28,12 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bot_env, start_bot
+from bench.common import bot_env, rss_by_process, start_bot, stop_process
 from sandbox.discord import DiscordEmulator
 
 PROJECT_TOML = """
@@ -65,23 +62,10 @@ class Setup:
             con.close()
 
     def rss_mb(self) -> dict[str, float]:
-        out = {}
-        try:
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                name = p.cmdline()[-1] if "supervisor.child" in " ".join(p.cmdline()) else self.name
-                out[name] = round(p.memory_info().rss / 1e6, 1)
-        except psutil.Error:
-            pass
-        return out
+        return rss_by_process(self.proc, self.name)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_project(emu: DiscordEmulator, tmp: Path) -> Setup:
