@@ -60,16 +60,27 @@ def test_a_user_message_lands_in_the_database_and_so_do_edits_and_deletes(
     sandbox: Sandbox,
 ) -> None:
     mid = sandbox.say("hello, bot ✨ \u202eRTL\u202c")
-    row = wait_for(lambda: sandbox.db(
-        "SELECT channel_id, author_id, content FROM messages WHERE id = ?", mid), 10)
-    assert row == [(sandbox.channels["general"], sandbox.users["alice"],
-                    "hello, bot ✨ \u202eRTL\u202c")]
+    row = wait_for(
+        lambda: sandbox.db("SELECT channel_id, author_id, content FROM messages WHERE id = ?", mid),
+        10,
+    )
+    assert row == [
+        (sandbox.channels["general"], sandbox.users["alice"], "hello, bot ✨ \u202eRTL\u202c")
+    ]
     sandbox.call("PATCH", f"messages/{mid}", {"content": "hello, edited"})
-    wait_for(lambda: sandbox.db("SELECT content FROM messages WHERE id = ?", mid)
-             == [("hello, edited",)], 10, "the edit")
+    wait_for(
+        lambda: (
+            sandbox.db("SELECT content FROM messages WHERE id = ?", mid) == [("hello, edited",)]
+        ),
+        10,
+        "the edit",
+    )
     sandbox.call("DELETE", f"messages/{mid}")
-    wait_for(lambda: sandbox.db("SELECT deleted FROM messages WHERE id = ?", mid)
-             == [(1,)], 10, "the delete flag")
+    wait_for(
+        lambda: sandbox.db("SELECT deleted FROM messages WHERE id = ?", mid) == [(1,)],
+        10,
+        "the delete flag",
+    )
 
 
 def test_odd_input_is_stored_and_nothing_crashes(sandbox: Sandbox) -> None:
@@ -89,8 +100,11 @@ def test_2000_messages_while_persistence_is_killed_twice_all_land_exactly_once(
         if round_ < 2:
             pid = sandbox.service("persistence")["pid"]
             os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: len(set(ids) & set(stored_ids(sandbox))) == len(ids), 60,
-             f"all {len(ids)} messages stored")
+    wait_for(
+        lambda: len(set(ids) & set(stored_ids(sandbox))) == len(ids),
+        60,
+        f"all {len(ids)} messages stored",
+    )
     rows = sandbox.db("SELECT id, count(*) FROM messages GROUP BY id HAVING count(*) > 1")
     assert rows == []  # exactly once
     assert sandbox.service("persistence")["restarts"] == 2
@@ -125,12 +139,15 @@ def test_a_refused_resume_falls_back_to_identify_and_logs_a_possible_gap(
     assert "possible gap" in sandbox.output()
 
 
-COMMANDS_TOML = TOML + """
+COMMANDS_TOML = (
+    TOML
+    + """
 [services.commander]
 module = "tests.services.commander"
-commands = ["status"]
+commands = ["status", "restart"]
 max_restarts = 0
 """
+)
 
 
 def test_a_slash_command_to_a_dead_service_gets_an_ephemeral_answer_within_3s(
@@ -142,18 +159,51 @@ def test_a_slash_command_to_a_dead_service_gets_an_ephemeral_answer_within_3s(
         box.wait_connected()
         wait_for(lambda: box.get("commands")["global"], 10, "commands registered")
         alice, general = box.users["alice"], box.channels["general"]
-        live = box.post("interactions", {"channel_id": general, "user_id": alice,
-                                         "name": "status"})
+        live = box.post("interactions", {"channel_id": general, "user_id": alice, "name": "status"})
         answer = wait_for(lambda: box.get(f"interactions/{live['id']}")["responses"], 5)
         assert answer[0]["content"] == "all good" and not answer[0]["ephemeral"]
         pid = box.service("commander")["pid"]
         os.kill(pid, signal.SIGKILL)
         box.wait_state("commander", "FATAL", timeout=5)
         t0 = time.monotonic()
-        dead = box.post("interactions", {"channel_id": general, "user_id": alice,
-                                         "name": "status"})
+        dead = box.post("interactions", {"channel_id": general, "user_id": alice, "name": "status"})
         answer = wait_for(lambda: box.get(f"interactions/{dead['id']}")["responses"], 5)
         assert time.monotonic() - t0 < 3
         assert answer[0]["ephemeral"] and "restarting" in answer[0]["content"]
+    finally:
+        box.cleanup()
+
+
+def test_a_slash_command_pending_when_the_gateway_dies_is_answered_by_its_successor(
+    tmp_path: Path,
+) -> None:
+    box = Sandbox(tmp_path, COMMANDS_TOML)
+    try:
+        box.wait_all_running()
+        box.wait_connected()
+        wait_for(lambda: box.get("commands")["global"], 10, "commands registered")
+        pid = box.service("gateway")["pid"]
+        pending = box.post(
+            "interactions",
+            {
+                "channel_id": box.channels["general"],
+                "user_id": box.users["alice"],
+                "name": "restart",
+                "options": {"service": "slow"},
+            },
+        )
+        time.sleep(0.5)  # the gateway has it and waits for the (slow) owner
+        assert box.get(f"interactions/{pending['id']}")["responses"] == []
+        os.kill(pid, signal.SIGKILL)
+        answer = wait_for(
+            lambda: box.get(f"interactions/{pending['id']}")["responses"],
+            15,
+            "an answer from the gateway's successor",
+        )
+        assert answer[0]["content"] in (
+            "all good",
+            "That took too long to answer, try again shortly.",
+        )
+        assert box.get("gateway/sessions")["resumes"] >= 1
     finally:
         box.cleanup()

@@ -104,6 +104,7 @@ class Gateway:
         self.counts_dirty: set[str] = set()
         self.renames: dict[str, deque[float]] = {}
         self.interactions: dict[str, Invocation] = {}
+        self.unanswered: dict[str, int] = {}  # interaction id -> its sequence number
         self.tg: TaskGroup | None = None
         self.request_timeout_s = 15.0
         self.logged_in = False
@@ -253,6 +254,8 @@ def on_dispatch(payload: dict[str, Any]) -> None:
         elif event == "INTERACTION_CREATE":
             invocation = Invocation.parse(d)
             if invocation is not None and gw.tg is not None:
+                if isinstance(seq, int):
+                    gw.unanswered[invocation.id] = seq
                 gw.tg.start_soon(answer_interaction, invocation)
         changed = gw.guilds.apply(event, d)
         if changed:
@@ -277,6 +280,7 @@ def on_dispatch(payload: dict[str, Any]) -> None:
 
 def _on_ready(d: dict[str, Any]) -> None:
     gw.session_id = str(d.get("session_id"))
+    gw.unanswered.clear()  # sequence numbers of the old session mean nothing in the new
     gw.resume_url = d.get("resume_gateway_url")
     gw.bot_id = str((d.get("user") or {}).get("id", gw.bot_id))
     if gw.resumed_from is not None:
@@ -308,7 +312,7 @@ async def publish_in_order() -> None:
             if durable:
                 # The position goes into the same outbox transaction as the events: after
                 # a crash, a RESUME replays exactly what is not stored, nothing twice.
-                meta = {POSITION_KEY: json.dumps(asdict(last))} if last else None
+                meta = {POSITION_KEY: json.dumps(asdict(_resumable(last)))} if last else None
                 await service.publish_many(durable, meta)
             for m in batch:
                 if not m.DURABLE:
@@ -328,11 +332,22 @@ async def save_session() -> None:
         await anyio.sleep(SESSION_SAVE_EVERY_S)
 
 
+def _resumable(at: Position) -> Position:
+    """Not past a slash command still waiting for its first response: if we die now, the
+    RESUME replays it and our successor answers (often still inside Discord's 3 s)."""
+    if not gw.unanswered:
+        return at
+    oldest = min(gw.unanswered.values())
+    return at if at.seq < oldest else Position(at.session_id, oldest - 1, at.resume_url)
+
+
 async def _save_session() -> None:
     """The position (for batches without durable events) and the guild state."""
     async with gw.save_lock:  # the saver task and teardown must not write at once
-        at = gw.committed
-        if gw.session_file is None or at is None or at == gw.saved:
+        if gw.committed is None:
+            return
+        at = _resumable(gw.committed)
+        if gw.session_file is None or at == gw.saved:
             return
         await service.publish_many([], {POSITION_KEY: json.dumps(asdict(at))})
         await gw.session_file.save(
@@ -453,6 +468,9 @@ async def _respond(inv: Invocation, kind: int, data: dict[str, Any] | None) -> N
             await gw.http().create_interaction_response(inv.id, inv.token, type=kind, data=data)
     except (discord.HTTPException, TimeoutError) as exc:
         logger.warning("could not answer /{} ({}): {}", inv.command, inv.id, exc)
+    finally:
+        if gw.unanswered.pop(inv.id, None) is not None:
+            gw.seq_committed.set()  # the saved position may move on now
 
 
 async def _edit_original(
