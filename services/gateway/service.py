@@ -2,10 +2,11 @@
 
 Listens to: Discord (every DISPATCH frame, raw and in order) and to requests
 from the other services (send, edit, rename, presence, typing, counts, ...).
-Does: converts Discord's events into protocol events, stores the durable ones
-in its outbox before anything else, and only then advances the sequence number
-it saves for a successor's RESUME; routes slash commands to the service that
-owns them; carries out Discord actions with py-cord's rate-limited HTTP client.
+Does: converts Discord's events into protocol events and stores the durable ones
+in its outbox together with the Discord position they reach, so a successor's
+RESUME replays exactly what is not stored; routes slash commands to the service
+that owns them; carries out Discord actions (actions.py) with py-cord's
+rate-limited HTTP client.
 Sends: discord.* events to their subscribers (services.toml), replies.
 """
 
@@ -15,15 +16,13 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import aiohttp
 import anyio
 import discord
 import tenacity
-from anyio.abc import TaskGroup
 from loguru import logger
 
 from protocol.breaker import BreakerOpen
@@ -33,25 +32,13 @@ from protocol.discord import (
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
-    CountsRequest,
-    CreateChannel,
-    DeleteMessage,
-    EditInteraction,
-    EditMessage,
-    GuildInfoRequest,
-    InteractionFollowup,
-    RenameChannel,
-    SendMessage,
-    SetPresence,
-    Typing,
 )
 from protocol.messages import Message, MessageError, decode
-from protocol.runtime import Refused, Service
+from protocol.runtime import Service
+from services.gateway.actions import HANDLERS, edit_original
 from services.gateway.connection import GatewayClient, GatewaySocket
 from services.gateway.convert import convert
-from services.gateway.guild_state import GuildState
 from services.gateway.interactions import (
-    NO_PINGS,
     RESPOND_DEFERRED,
     RESPOND_WITH_MESSAGE,
     RESTARTING,
@@ -62,59 +49,15 @@ from services.gateway.interactions import (
     message_data,
 )
 from services.gateway.session import SavedSession, SessionFile
+from services.gateway.state import Position, gw
 
 service = Service("gateway")
+for request_type, handler in HANDLERS.items():  # Discord actions: services/gateway/actions.py
+    service.request(request_type)(handler)
 
-RENAMES_PER_WINDOW = 2  # Discord: 2 channel renames per 10 minutes per channel
-RENAME_WINDOW_S = 600.0
 SESSION_SAVE_EVERY_S = 0.05
 POSITION_KEY = "gateway.position"  # in the gateway's outbox
 INTERACTION_TTL_S = 900.0  # interaction tokens live 15 minutes
-
-
-@dataclass(frozen=True)
-class Position:
-    """A place in a Discord session: what a successor RESUMEs from."""
-
-    session_id: str
-    seq: int
-    resume_url: str | None
-
-
-class Gateway:
-    """The state one gateway process holds; module-level so handlers read top to bottom."""
-
-    def __init__(self) -> None:
-        self.client: GatewayClient | None = None
-        self.guilds = GuildState()
-        self.session_file: SessionFile | None = None
-        self.session_id: str | None = None
-        self.resume_url: str | None = None
-        self.bot_id: str | None = None
-        self.resumed_from: SavedSession | None = None
-        # Dispatches in arrival order, with the session they belong to: a READY after a
-        # refused resume starts a new session while older events may still be queued.
-        self.queue: deque[tuple[Position | None, list[Message]]] = deque()
-        self.queue_wake = anyio.Event()
-        self.queue_drained = anyio.Event()
-        self.committed: Position | None = None  # every event up to here is in the outbox
-        self.seq_committed = anyio.Event()
-        self.saved: Position | None = None
-        self.save_lock = anyio.Lock()
-        self.counts_dirty: set[str] = set()
-        self.renames: dict[str, deque[float]] = {}
-        self.interactions: dict[str, Invocation] = {}
-        self.unanswered: dict[str, int] = {}  # interaction id -> its sequence number
-        self.tg: TaskGroup | None = None
-        self.request_timeout_s = 15.0
-        self.logged_in = False
-
-    def http(self) -> Any:
-        assert self.client is not None
-        return self.client.http
-
-
-gw = Gateway()
 
 
 # --- start: prepare, then (in the background) log in, register commands, connect -----
@@ -131,6 +74,7 @@ async def prepare() -> None:
         discord.http.Route.API_BASE_URL = api_base.rstrip("/")
         logger.info("Discord API at {}", discord.http.Route.API_BASE_URL)
     gw.request_timeout_s = float(settings.get("request_timeout_s", 15))
+    gw.clock = service.clock  # the one the sandbox can move
     gw.session_file = SessionFile(service.ctx.data_dir / "gateway-session.json")
     saved = gw.session_file.load()
     assert service.bus is not None and service.bus.outbox is not None
@@ -421,7 +365,7 @@ async def _answer_interaction(inv: Invocation) -> None:
     answer, failure = await _ask_owner(owner, request, timeout=120.0 if deferred else 2.0)
     if deferred:
         text = failure or (answer.content if answer else "")
-        await _edit_original(inv, text or "(no answer)", answer.embeds if answer else None)
+        await edit_original(inv, text or "(no answer)", answer.embeds if answer else None)
     elif answer is not None:
         await _respond(
             inv, RESPOND_WITH_MESSAGE, message_data(answer.content, answer.embeds, answer.ephemeral)
@@ -471,176 +415,3 @@ async def _respond(inv: Invocation, kind: int, data: dict[str, Any] | None) -> N
     finally:
         if gw.unanswered.pop(inv.id, None) is not None:
             gw.seq_committed.set()  # the saved position may move on now
-
-
-async def _edit_original(
-    inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None
-) -> None:
-    await _discord(
-        gw.http().edit_original_interaction_response(
-            inv.application_id,
-            inv.token,
-            content=content[:2000] if content else None,
-            embeds=embeds,
-            allowed_mentions=NO_PINGS,
-        )
-    )
-
-
-# --- requests from the other services: Discord actions ----------------------------------
-
-
-async def _discord(call: Any) -> Any:
-    """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
-    if not gw.logged_in:
-        call.close()  # never awaited: the coroutine is dropped cleanly
-        raise Refused("not_connected", "not logged in to Discord yet")
-    try:
-        with anyio.fail_after(gw.request_timeout_s):
-            return await call
-    except TimeoutError:
-        raise Refused(
-            "timeout", f"Discord did not answer within {gw.request_timeout_s:g}s"
-        ) from None
-    except discord.HTTPException as exc:
-        reason = {400: "bad_request", 403: "forbidden", 404: "not_found", 429: "rate_limited"}.get(
-            exc.status, "discord_error"
-        )
-        raise Refused(reason, f"{exc.status} {exc.text or exc}") from None
-
-
-def _mentions(allowed: dict[str, Any] | None) -> dict[str, Any]:
-    return allowed if allowed is not None else NO_PINGS
-
-
-@service.request(SendMessage)
-async def send_message(msg: SendMessage) -> dict[str, Any]:
-    if len(msg.content) > 2000:
-        raise Refused(
-            "bad_request", f"content is {len(msg.content)} characters; split it below 2,000"
-        )
-    reference = (
-        {"message_id": msg.reply_to_id, "fail_if_not_exists": False} if msg.reply_to_id else None
-    )
-    sent = await _discord(
-        gw.http().send_message(
-            msg.channel_id,
-            msg.content or None,
-            embeds=msg.embeds or None,
-            allowed_mentions=_mentions(msg.allowed_mentions),
-            message_reference=reference,
-        )
-    )
-    return {"message_id": str(sent["id"])}
-
-
-@service.request(EditMessage)
-async def edit_message(msg: EditMessage) -> dict[str, Any]:
-    fields: dict[str, Any] = {"allowed_mentions": _mentions(msg.allowed_mentions)}
-    if msg.content is not None:
-        fields["content"] = msg.content[:2000]
-    if msg.embeds is not None:
-        fields["embeds"] = msg.embeds
-    await _discord(gw.http().edit_message(msg.channel_id, msg.message_id, **fields))
-    return {}
-
-
-@service.request(DeleteMessage)
-async def delete_message(msg: DeleteMessage) -> dict[str, Any]:
-    await _discord(gw.http().delete_message(msg.channel_id, msg.message_id))
-    return {}
-
-
-@service.request(RenameChannel)
-async def rename_channel(msg: RenameChannel) -> dict[str, Any]:
-    """Refuses a third rename within 10 minutes instead of letting py-cord sleep on a 429."""
-    now = service.clock.monotonic()
-    recent = gw.renames.setdefault(msg.channel_id, deque())
-    while recent and now - recent[0] > RENAME_WINDOW_S:
-        recent.popleft()
-    if len(recent) >= RENAMES_PER_WINDOW:
-        wait = RENAME_WINDOW_S - (now - recent[0])
-        raise Refused("rate_limited", f"retry_after={wait:.0f}")
-    recent.append(now)
-    await _discord(gw.http().edit_channel(msg.channel_id, name=msg.name))
-    return {}
-
-
-@service.request(CreateChannel)
-async def create_channel(msg: CreateChannel) -> dict[str, Any]:
-    kind = {"text": 0, "voice": 2}.get(msg.kind)
-    if kind is None:
-        raise Refused("bad_request", f"unknown channel kind {msg.kind!r}: use text or voice")
-    created = await _discord(gw.http().create_channel(msg.guild_id, kind, name=msg.name))
-    return {"channel_id": str(created["id"])}
-
-
-@service.request(Typing)
-async def typing(msg: Typing) -> dict[str, Any]:
-    await _discord(gw.http().send_typing(msg.channel_id))
-    return {}
-
-
-@service.request(SetPresence)
-async def set_presence(msg: SetPresence) -> dict[str, Any]:
-    client = gw.client
-    if client is None or client.ws is None or client.is_closed():
-        raise Refused("not_connected", "no Discord connection right now")
-    try:
-        status = discord.Status(msg.status)
-    except ValueError:
-        raise Refused("bad_request", f"unknown status {msg.status!r}") from None
-    activity: discord.BaseActivity | None = None
-    if msg.activity:
-        if msg.activity_type == "custom":
-            activity = discord.CustomActivity(name=msg.activity)
-        else:
-            kind = getattr(discord.ActivityType, msg.activity_type, discord.ActivityType.playing)
-            activity = discord.Activity(type=kind, name=msg.activity)
-    await client.change_presence(status=status, activity=activity)
-    return {}
-
-
-@service.request(CountsRequest)
-async def counts(msg: CountsRequest) -> dict[str, Any]:
-    guild = gw.guilds.get(msg.guild_id)
-    if guild is None:
-        raise Refused("not_found", "no guild known yet (not connected?)")
-    if msg.with_bans and guild.bans is None:
-        bans = await _discord(gw.http().get_bans(guild.id, limit=1000))
-        guild.bans = len(bans)
-    return guild.counts().to_body()
-
-
-@service.request(GuildInfoRequest)
-async def guild_info(msg: GuildInfoRequest) -> dict[str, Any]:
-    guild = gw.guilds.get(msg.guild_id)
-    if guild is None or gw.bot_id is None:
-        raise Refused("not_found", "no guild known yet (not connected?)")
-    return guild.ready(gw.bot_id).to_body()
-
-
-@service.request(EditInteraction)
-async def edit_interaction(msg: EditInteraction) -> dict[str, Any]:
-    inv = gw.interactions.get(msg.interaction_id)
-    if inv is None:
-        raise Refused("not_found", "unknown or expired interaction")
-    await _edit_original(inv, msg.content, msg.embeds)
-    return {}
-
-
-@service.request(InteractionFollowup)
-async def interaction_followup(msg: InteractionFollowup) -> dict[str, Any]:
-    inv = gw.interactions.get(msg.interaction_id)
-    if inv is None:
-        raise Refused("not_found", "unknown or expired interaction")
-    sent = await _discord(
-        gw.http().create_followup_message(
-            inv.application_id,
-            inv.token,
-            content=msg.content[:2000] or None,
-            embeds=msg.embeds or None,
-            allowed_mentions=NO_PINGS,
-        )
-    )
-    return {"message_id": str(sent["id"])}

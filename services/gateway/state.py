@@ -1,0 +1,63 @@
+"""What one gateway process holds: shared by its service, its actions and its tests."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from protocol.clock import Clock
+from protocol.messages import Message
+from services.gateway.connection import GatewayClient
+from services.gateway.guild_state import GuildState
+from services.gateway.interactions import Invocation
+from services.gateway.session import SavedSession, SessionFile
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in a Discord session: what a successor RESUMEs from."""
+
+    session_id: str
+    seq: int
+    resume_url: str | None
+
+
+class Gateway:
+    """The state one gateway process holds; module-level so handlers read top to bottom."""
+
+    def __init__(self) -> None:
+        self.client: GatewayClient | None = None
+        self.guilds = GuildState()
+        self.session_file: SessionFile | None = None
+        self.session_id: str | None = None
+        self.resume_url: str | None = None
+        self.bot_id: str | None = None
+        self.resumed_from: SavedSession | None = None
+        # Dispatches in arrival order, with the session they belong to: a READY after a
+        # refused resume starts a new session while older events may still be queued.
+        self.queue: deque[tuple[Position | None, list[Message]]] = deque()
+        self.queue_wake = anyio.Event()
+        self.queue_drained = anyio.Event()
+        self.committed: Position | None = None  # every event up to here is in the outbox
+        self.seq_committed = anyio.Event()
+        self.saved: Position | None = None
+        self.save_lock = anyio.Lock()
+        self.counts_dirty: set[str] = set()
+        self.renames: dict[str, deque[float]] = {}
+        self.interactions: dict[str, Invocation] = {}
+        self.unanswered: dict[str, int] = {}  # interaction id -> its sequence number
+        self.tg: TaskGroup | None = None
+        self.request_timeout_s = 15.0
+        self.clock = Clock()  # replaced by the service's own at start
+        self.logged_in = False
+
+    def http(self) -> Any:
+        assert self.client is not None
+        return self.client.http
+
+
+gw = Gateway()
