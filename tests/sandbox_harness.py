@@ -14,6 +14,41 @@ from tests.harness import Running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The start of a sandbox test's services.toml: quick restarts, and the two services
+# every such test needs. Tests append the tables of the services they exercise.
+FAST_CORE = """
+[supervisor]
+heartbeat_interval_s = 0.3
+
+[defaults]
+max_restarts = 20
+within_s = 60
+backoff_initial_s = 0.05
+backoff_max_s = 0.3
+backoff_jitter = 0
+
+[services.persistence]
+module = "services.persistence"
+subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
+              "discord.member.joined", "discord.member.left", "discord.member.banned",
+              "discord.member.unbanned", "llm.exchange"]
+
+[services.gateway]
+module = "services.gateway"
+after = ["persistence"]
+env_required = ["DISCORD_TOKEN"]
+"""
+
+LLM_TABLE = """
+[services.llm]
+module = "services.llm"
+after = ["gateway", "persistence"]
+subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
+              "discord.guild.ready", "discord.connection"]
+commands = ["ask", "reset", "usage"]
+env_required = ["OPENAI_API_KEY"]
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,10 +84,18 @@ class Sandbox(Running):
     def post(self, path: str, body: Any) -> Any:
         return self.call("POST", path, body)
 
-    def say(self, content: str, user: str = "alice", channel: str = "general",
-            reply_to: str | None = None) -> str:
-        body = {"channel_id": self.channels[channel], "author_id": self.users[user],
-                "content": content}
+    def say(
+        self,
+        content: str,
+        user: str = "alice",
+        channel: str = "general",
+        reply_to: str | None = None,
+    ) -> str:
+        body = {
+            "channel_id": self.channels[channel],
+            "author_id": self.users[user],
+            "content": content,
+        }
         if reply_to:
             body["reply_to_id"] = reply_to
         return self.post("messages", body)["id"]
@@ -65,9 +108,14 @@ class Sandbox(Running):
         return [m for m in self.messages(channel) if m["author_id"] == bot]
 
     def wait_connected(self) -> None:
-        wait_for(lambda: self.get("gateway/sessions")["connections"] >= 1
-                 and any(s["connected"] for s in self.get("gateway/sessions")["sessions"]),
-                 20, "the bot's gateway connection")
+        wait_for(
+            lambda: (
+                self.get("gateway/sessions")["connections"] >= 1
+                and any(s["connected"] for s in self.get("gateway/sessions")["sessions"])
+            ),
+            20,
+            "the bot's gateway connection",
+        )
 
     # --- the database ---
 

@@ -15,8 +15,17 @@ SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence"]
 
 
 def test_killing_every_service_and_the_supervisor_loses_and_doubles_nothing() -> None:
-    report = asyncio.run(chaos(duration=16, rate=60, kill_every=2, mention_every=1,
-                               command_every=2, kill_order=SERVICES, settle_s=40))
+    report = asyncio.run(
+        chaos(
+            duration=16,
+            rate=60,
+            kill_every=2,
+            mention_every=1,
+            command_every=2,
+            kill_order=SERVICES,
+            settle_s=40,
+        )
+    )
     assert report["kills"] and set(report["kills"]) >= {"gateway", "persistence", "llm"}
     assert report["supervisor_kill"] and report["supervisor_kill"]["orphans"] == 0
     assert report["messages"]["missing"] == 0, report["messages"]

@@ -21,8 +21,14 @@ logging.getLogger("discord.gateway").warning("from py-cord")
 
 
 def run(fmt: str, env: dict[str, str] | None = None) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, fmt], cwd=ROOT, capture_output=True,
-                         text=True, env={"PATH": "/usr/bin", **(env or {})}, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, fmt],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin", **(env or {})},
+        timeout=30,
+    )
     return out.stderr.strip().splitlines()
 
 
@@ -36,14 +42,16 @@ def test_text_lines_name_the_service() -> None:
 def test_json_lines_parse_and_carry_level_and_service() -> None:
     records = [json.loads(line) for line in run("json")]
     assert [(r["service"], r["level"]) for r in records] == [
-        ("llm", "INFO"), ("llm", "ERROR"), ("llm", "WARNING")]
+        ("llm", "INFO"),
+        ("llm", "ERROR"),
+        ("llm", "WARNING"),
+    ]
     assert records[0]["msg"] == "hello"
 
 
 def test_under_journald_lines_get_priorities_and_no_timestamps() -> None:
     lines = run("text", {"JOURNAL_STREAM": "8:1234"})
     assert lines == ["<6>llm: hello", "<3>llm: broken", "<4>llm: discord.gateway: from py-cord"]
-
 
 
 def test_log_format_json_reaches_the_services_too(tmp_path) -> None:

@@ -23,37 +23,14 @@ import pytest
 from sandbox.openai_standin import long_answer
 from services.llm.messages import StatsRequest
 from tests.harness import Running, wait_for
-from tests.sandbox_harness import Sandbox
+from tests.sandbox_harness import FAST_CORE, LLM_TABLE, Sandbox
 
 pytestmark = pytest.mark.timeout(60)
 
-TOML = """
-[supervisor]
-heartbeat_interval_s = 0.3
-
-[defaults]
-max_restarts = 20
-within_s = 60
-backoff_initial_s = 0.05
-backoff_max_s = 0.3
-
-[services.persistence]
-module = "services.persistence"
-subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
-              "discord.member.joined", "discord.member.left", "llm.exchange"]
-
-[services.gateway]
-module = "services.gateway"
-after = ["persistence"]
-env_required = ["DISCORD_TOKEN"]
-
-[services.llm]
-module = "services.llm"
-after = ["gateway", "persistence"]
-subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
-              "discord.guild.ready", "discord.connection"]
-env_required = ["OPENAI_API_KEY"]
-[services.llm.settings]
+TOML = (
+    FAST_CORE
+    + LLM_TABLE
+    + """[services.llm.settings]
 edit_interval_s = 0.4
 max_attempts = 3
 retry_initial_s = 0.05
@@ -63,6 +40,7 @@ request_timeout_s = 5
 user_rate = { tokens = 3, per_s = 60 }
 guild_rate = { tokens = 1000, per_s = 60 }
 """
+)
 
 NO_PINGS = {"parse": [], "replied_user": False}
 SEND = ("POST", "/channels/{channel_id}/messages")

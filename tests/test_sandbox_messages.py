@@ -16,29 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness import alive, wait_for
-from tests.sandbox_harness import Sandbox
+from tests.sandbox_harness import FAST_CORE, Sandbox
 
-TOML = """
-[supervisor]
-heartbeat_interval_s = 0.3
-
-[defaults]
-max_restarts = 20
-within_s = 60
-backoff_initial_s = 0.05
-backoff_max_s = 0.3
-
-[services.persistence]
-module = "services.persistence"
-subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
-              "discord.member.joined", "discord.member.left", "discord.member.banned",
-              "discord.member.unbanned"]
-
-[services.gateway]
-module = "services.gateway"
-after = ["persistence"]
-env_required = ["DISCORD_TOKEN"]
-"""
+TOML = FAST_CORE
 
 
 @pytest.fixture

@@ -21,44 +21,18 @@ import pytest
 from protocol.discord import CountsRequest
 from protocol.messages import AdvanceClock
 from tests.harness import Running, wait_for
-from tests.sandbox_harness import Sandbox
+from tests.sandbox_harness import FAST_CORE, LLM_TABLE, Sandbox
 
 ALERT_ROLE = "1191168914227200002"  # the sandbox guild's Admin role
 
 
 def toml(heartbeat: str = "", llm: str = "", presence: str = "") -> str:
-    """The default services.toml with intervals short enough for a test; the arguments
-    are extra lines for those services' tables."""
-    return f"""
-[supervisor]
-heartbeat_interval_s = 0.5
-
-[defaults]
-max_restarts = 20
-within_s = 60
-backoff_initial_s = 0.05
-backoff_max_s = 0.3
-backoff_jitter = 0
-
-[services.persistence]
-module = "services.persistence"
-critical = true
-subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
-              "discord.member.joined", "discord.member.left", "discord.member.banned",
-              "discord.member.unbanned", "llm.exchange"]
-
-[services.gateway]
-module = "services.gateway"
-after = ["persistence"]
-env_required = ["DISCORD_TOKEN"]
-
-[services.llm]
-module = "services.llm"
-after = ["gateway", "persistence"]
-subscribes = ["discord.message.created", "discord.guild.ready", "discord.connection"]
-commands = ["ask", "reset", "usage"]
-env_required = ["OPENAI_API_KEY"]
-{llm}
+    """The default services with intervals short enough for a test; the arguments are
+    extra lines for those services' tables."""
+    return (
+        FAST_CORE
+        + LLM_TABLE
+        + f"""{llm}
 
 [services.stats]
 module = "services.stats"
@@ -71,7 +45,15 @@ report_time = "09:00"
 timezone = "UTC"
 weekly_day = "monday"
 refresh_s = 300
-counters = {{ members = {{ channel = "Members", template = "Members: {{members:,}}" }}, online = {{ channel = "Online", template = "Online: {{online:,}}" }}, bans = {{ channel = "Bans", template = "Bans: {{bans:,}}" }} }}
+[services.stats.settings.counters.members]
+channel = "Members"
+template = "Members: {{members:,}}"
+[services.stats.settings.counters.online]
+channel = "Online"
+template = "Online: {{online:,}}"
+[services.stats.settings.counters.bans]
+channel = "Bans"
+template = "Bans: {{bans:,}}"
 
 [services.heartbeat]
 module = "services.heartbeat"
@@ -94,7 +76,8 @@ subscribes = ["discord.guild.counts", "discord.guild.ready"]
 interval_s = 15
 health_poll_s = 0.5
 {presence}
-"""  # noqa: E501
+"""
+    )
 
 
 def start(tmp_path: Path, text: str) -> Sandbox:

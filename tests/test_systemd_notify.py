@@ -30,6 +30,7 @@ def test_ready_status_watchdog_and_stopping_are_sent(tmp_path: Path) -> None:
     messages: list[str] = []
     try:
         deadline = time.monotonic() + 15
+
         def watchdogs_after_ready() -> int:
             ready_at = next((i for i, m in enumerate(messages) if "READY=1" in m), None)
             return 0 if ready_at is None else sum("WATCHDOG=1" in m for m in messages[ready_at:])
