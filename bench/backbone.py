@@ -210,10 +210,10 @@ max_restarts = 100
 within_s = 60
 
 [services.echo]
-module = "tests.services.echo"
+module = "tests.support.services.echo"
 
 [services.producer]
-module = "tests.services.producer"
+module = "tests.support.services.producer"
 """
 
 

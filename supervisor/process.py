@@ -76,6 +76,7 @@ class ServiceProcess:
         self.pid: int | None = None
         self.restarts = 0
         self.last_exit: str | None = None
+        self.reason: str | None = None  # why it is in its current state
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.last_heartbeat = 0.0
@@ -97,6 +98,7 @@ class ServiceProcess:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {new.value} ({why})")
         logger.info("{} {} -> {} ({})", self.name, self.state.value, new.value, why)
         self.state = new
+        self.reason = why
 
     def uptime(self, now: float) -> float:
         return now - self.ready_at if self.state is State.RUNNING and self.ready_at else 0.0
@@ -214,6 +216,7 @@ class ServiceProcess:
             "uptime_s": round(self.uptime(now), 1),
             "rss_mb": None if self.rss_mb is None else round(self.rss_mb, 1),
             "last_exit": self.last_exit,
+            "reason": self.reason,
             "critical": self.spec.critical,
             "channels": self.channels,
         }
