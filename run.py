@@ -6,6 +6,7 @@ python run.py --sandbox           run against the local Discord and OpenAI stand
 python run.py check               validate services.toml and the environment
 python run.py status [--json]     what the running supervisor reports
 python run.py restart SERVICE     restart one service
+python run.py reload              re-read services.toml, apply settings live (or SIGHUP)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     p.add_argument(
-        "command", nargs="?", default="run", choices=["run", "check", "status", "restart"]
+        "command", nargs="?", default="run", choices=["run", "check", "status", "restart", "reload"]
     )
     p.add_argument("service", nargs="?", help="for restart: the service to restart")
     p.add_argument("--config", type=Path, default=HERE / "services.toml")
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
 
     # --data-dir is relative to where you are; services.toml's data_dir to the file.
     data_dir = args.data_dir.absolute() if args.data_dir else None
-    if args.command in ("status", "restart"):
+    if args.command in ("status", "restart", "reload"):
         if data_dir is None:
             try:
                 data_dir = load(args.config).supervisor.data_dir
@@ -59,15 +60,18 @@ def main(argv: list[str]) -> int:
         runtime_dir = data_dir / "run"
         try:
             if args.command == "status":
-                data = control.status(runtime_dir)
+                data = control.status(runtime_dir).to_body()
                 print(json.dumps(data, indent=2) if args.json else control.format_status(data))
                 return 0
-            if not args.service:
+            if args.command == "reload":
+                outcome = control.reload(runtime_dir)
+            elif not args.service:
                 print("restart: name the service, e.g. python run.py restart llm", file=sys.stderr)
                 return 2
-            data = control.restart(runtime_dir, args.service)
-            print(data["detail"])
-            return 0 if data["ok"] else 1
+            else:
+                outcome = control.restart(runtime_dir, args.service)
+            print(outcome.detail)
+            return 0 if outcome.ok else 1
         except control.SupervisorUnreachable as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -106,6 +110,13 @@ def main(argv: list[str]) -> int:
         return 2
     assert config is not None
     if args.command == "check":
+        from supervisor import preflight
+
+        found = preflight.problems(config)
+        for line in found:
+            print(line, file=sys.stderr)
+        if found:
+            return 2
         print(f"{args.config}: {len(config.enabled)} services configured, environment complete")
         return 0
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import zmq
@@ -26,7 +26,7 @@ import zmq.asyncio
 from anyio.abc import TaskGroup
 from loguru import logger
 
-from protocol.channel import Channel, ChannelPolicy, configure_socket, send_nowait
+from protocol.channel import Channel, ChannelPolicy, RemoteError, configure_socket, send_nowait
 from protocol.envelope import (
     Delivery,
     Envelope,
@@ -36,9 +36,11 @@ from protocol.envelope import (
     unpack,
     unpack_delivery,
 )
-from protocol.messages import Message
+from protocol.messages import Message, MessageError, Request, decode
 from protocol.outbox import Outbox
 from protocol.quietlog import QuietLog
+
+R = TypeVar("R", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ class Bus:
         self._on_request = on_request
         self._on_events = on_events
         self._lanes: dict[str, _Lane] = {}
+        # The latest retained event of each (type, key): given again to a subscriber
+        # whenever its channel (re)connects (Message.RETAIN_BY).
+        self._retained: dict[tuple[str, str], Message] = {}
         self._tg: TaskGroup | None = None
         self.router: zmq.asyncio.Socket | None = None
         self.rejected = 0
@@ -158,6 +163,7 @@ class Bus:
                 policy=self.policy,
                 outbox=self.outbox,
                 inbound=self._channel_inbound,
+                on_connected=self._give_retained,
             )
             self.channels[peer] = ch
             if self._tg is not None:
@@ -178,6 +184,9 @@ class Bus:
         (the sender's own bookkeeping that must be on disk exactly when they are)."""
         durable: dict[str, list[Envelope]] = {}
         for msg in msgs:
+            if msg.RETAIN_BY is not None:
+                key = str(getattr(msg, msg.RETAIN_BY)) if msg.RETAIN_BY else ""
+                self._retained[(msg.TYPE, key)] = msg
             for peer in self.topology.subscribers.get(msg.TYPE, ()):
                 env = self.envelope(msg, Kind.EVENT, peer)
                 if msg.DURABLE and self.outbox is not None:
@@ -191,6 +200,12 @@ class Bus:
             )
             for peer, last in lasts.items():
                 self.channel(peer).committed(last)
+
+    def _give_retained(self, ch: Channel) -> None:
+        """A subscriber (re)connected: it may have missed the latest retained events."""
+        for (msg_type, _), msg in self._retained.items():
+            if ch.peer in self.topology.subscribers.get(msg_type, ()):
+                ch.send(self.envelope(msg, Kind.EVENT, ch.peer))
 
     async def request(
         self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0
@@ -333,15 +348,19 @@ class Bus:
 
 
 async def request_once(
-    name: str, topology: Topology, peer: str, msg: Message, timeout: float = 5.0
-) -> dict[str, Any]:
-    """One request from a short-lived client (the CLI, tests) that owns no ROUTER."""
+    name: str, topology: Topology, peer: str, msg: Request[R], timeout: float = 5.0
+) -> R:
+    """One request from a short-lived client (the CLI, tests) that owns no ROUTER; the
+    request's declared reply, or RequestTimeout or RemoteError."""
     bus = Bus(name, topology, bind=False)
     outcome: list[Any] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(bus.run)  # reads the reply; closes the sockets when cancelled
         try:
-            outcome.append((await bus.request(peer, msg, timeout=timeout)).body)
+            body = (await bus.request(peer, msg, timeout=timeout)).body
+            outcome.append(decode(msg.REPLY.TYPE, body))
+        except MessageError as exc:
+            outcome.append(RemoteError(peer, "bad_reply", str(exc)))
         except Exception as exc:  # re-raised below, outside the task group's exception group
             outcome.append(exc)
         tg.cancel_scope.cancel()

@@ -28,7 +28,7 @@ import zmq.asyncio
 from loguru import logger
 from zmq.utils.monitor import parse_monitor_message
 
-from protocol.breaker import BreakerState, CircuitBreaker
+from protocol.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from protocol.envelope import Delivery, Envelope, FrameError, Kind, pack_delivery, unpack
 from protocol.outbox import Outbox
 from protocol.quietlog import QuietLog
@@ -49,6 +49,11 @@ class RemoteError(Exception):
         super().__init__(f"{peer}: {reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# What a call to a peer that is down, restarting or failing raises: the caller's
+# "try again later" (Service.patiently does).
+UNREACHABLE = (RequestTimeout, BreakerOpen, RemoteError)
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Channel:
         policy: ChannelPolicy = ChannelPolicy(),
         outbox: Outbox | None = None,
         inbound: InboundHandler | None = None,
+        on_connected: Callable[[Channel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.owner = owner
@@ -125,6 +131,7 @@ class Channel:
         )
         self._outbox = outbox
         self._inbound = inbound
+        self._on_connected = on_connected
         self._clock = clock
         # Waiting requests; a None in the box means the peer went away.
         self._pending: dict[str, tuple[anyio.Event, list[Envelope | None]]] = {}
@@ -181,6 +188,8 @@ class Channel:
                     done.set()
             self._connection_changed.set()
             self._connection_changed = anyio.Event()
+            if self.connected and self._on_connected is not None:
+                self._on_connected(self)
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once the peer is connected, False if it is not within `timeout`."""

@@ -11,7 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import Message, message
+from protocol.commands import Tier
+from protocol.messages import Done, Message, Request, message
+
+# --- facts about Discord every service shares ---------------------------------------
+
+NO_PINGS: dict[str, Any] = {"parse": []}  # allowed_mentions that ping nobody
+MESSAGE_LIMIT = 2000  # characters in one message's content
+RENAMES_PER_WINDOW = 2  # channel renames Discord allows per channel ...
+RENAME_WINDOW_S = 600.0  # ... within this many seconds (undocumented, enforced)
+
+
+def pinging_only(*user_ids: str) -> dict[str, Any]:
+    """allowed_mentions that ping exactly these users and nobody else."""
+    return {"parse": [], "users": list(user_ids)}
+
 
 # --- events the gateway publishes --------------------------------------------------
 
@@ -95,7 +109,7 @@ class MemberUnbanned(Message):
     at: float
 
 
-@message("discord.guild.counts")
+@message("discord.guild.counts", retain_by="guild_id")
 @dataclass(frozen=True, slots=True)
 class GuildCounts(Message):
     """Published when membership or presence changes (coalesced), and the answer to
@@ -109,9 +123,15 @@ class GuildCounts(Message):
     bans: int | None = None  # None when not known (bans are fetched on request)
 
 
-@message("discord.guild.ready")
+COUNT_FIELDS = ("members", "humans", "bots", "online", "bans")  # GuildCounts' numbers
+
+
+@message("discord.guild.ready", retain_by="guild_id")
 @dataclass(frozen=True, slots=True)
 class GuildReady(Message):
+    """A guild the bot is in, with its channels; retained, so a service that starts after
+    the gateway connected gets it too."""
+
     guild_id: str
     name: str
     channels: list[dict[str, Any]]  # {id, name, type: "text" | "voice" | "category" | ...}
@@ -128,13 +148,25 @@ class ConnectionState(Message):
     bot_user_id: str | None = None
 
 
-# --- requests the gateway serves ---------------------------------------------------
+# --- requests the gateway serves, and their replies ---------------------------------
+
+
+@message("discord.sent")
+@dataclass(frozen=True, slots=True)
+class Sent(Message):
+    message_id: str
+
+
+@message("discord.channel.created")
+@dataclass(frozen=True, slots=True)
+class ChannelCreated(Message):
+    channel_id: str
 
 
 @message("discord.send")
 @dataclass(frozen=True, slots=True)
-class SendMessage(Message):
-    """Post a message; answers `{message_id}`. `allowed_mentions` None means: ping nobody."""
+class SendMessage(Request[Sent]):
+    """Post a message. `allowed_mentions` None means: ping nobody."""
 
     channel_id: str
     content: str = ""
@@ -145,7 +177,7 @@ class SendMessage(Message):
 
 @message("discord.edit")
 @dataclass(frozen=True, slots=True)
-class EditMessage(Message):
+class EditMessage(Request[Done]):
     channel_id: str
     message_id: str
     content: str | None = None
@@ -155,23 +187,21 @@ class EditMessage(Message):
 
 @message("discord.delete")
 @dataclass(frozen=True, slots=True)
-class DeleteMessage(Message):
+class DeleteMessage(Request[Done]):
     channel_id: str
     message_id: str
 
 
 @message("discord.rename_channel")
 @dataclass(frozen=True, slots=True)
-class RenameChannel(Message):
+class RenameChannel(Request[Done]):
     channel_id: str
     name: str
 
 
 @message("discord.create_channel")
 @dataclass(frozen=True, slots=True)
-class CreateChannel(Message):
-    """Answers `{channel_id}`."""
-
+class CreateChannel(Request[ChannelCreated]):
     guild_id: str
     name: str
     kind: str = "text"  # "text" | "voice"
@@ -179,13 +209,13 @@ class CreateChannel(Message):
 
 @message("discord.typing")
 @dataclass(frozen=True, slots=True)
-class Typing(Message):
+class Typing(Request[Done]):
     channel_id: str
 
 
 @message("discord.presence")
 @dataclass(frozen=True, slots=True)
-class SetPresence(Message):
+class SetPresence(Request[Done]):
     status: str = "online"  # online | idle | dnd | invisible
     activity: str | None = None
     activity_type: str = "custom"  # playing | watching | listening | competing | custom
@@ -193,40 +223,20 @@ class SetPresence(Message):
 
 @message("discord.counts")
 @dataclass(frozen=True, slots=True)
-class CountsRequest(Message):
+class CountsRequest(Request[GuildCounts]):
     guild_id: str | None = None  # None: the first guild
     with_bans: bool = True
 
 
 @message("discord.guild")
 @dataclass(frozen=True, slots=True)
-class GuildInfoRequest(Message):
-    """Answered with a `discord.guild.ready` body for the first (or named) guild."""
+class GuildInfoRequest(Request[GuildReady]):
+    """The first (or named) guild."""
 
     guild_id: str | None = None
 
 
 # --- slash commands: the gateway asks the owning service --------------------------
-
-
-@message("discord.command")
-@dataclass(frozen=True, slots=True)
-class CommandInvoked(Message):
-    """A slash command for the service that owns it. The reply is a `CommandAnswer`.
-
-    `deferred` is true when the gateway has already told Discord "thinking...", in
-    which case the answer becomes the edited original response.
-    """
-
-    interaction_id: str
-    command: str
-    options: dict[str, Any]
-    user_id: str
-    user_name: str
-    channel_id: str | None
-    guild_id: str | None
-    is_admin: bool
-    deferred: bool = False
 
 
 @message("discord.command.answer")
@@ -240,9 +250,34 @@ class CommandAnswer(Message):
     ephemeral: bool = False
 
 
+@message("discord.command")
+@dataclass(frozen=True, slots=True)
+class CommandInvoked(Request[CommandAnswer]):
+    """A slash command for the service that owns it, from a caller the gateway has let
+    run it (protocol/commands.py). `tier` is the caller's highest permission tier.
+
+    `deferred` is true when the gateway has already told Discord "thinking...", in
+    which case the answer becomes the edited original response.
+    """
+
+    interaction_id: str
+    command: str
+    options: dict[str, Any]
+    user_id: str
+    user_name: str
+    channel_id: str | None
+    guild_id: str | None
+    tier: str = "public"  # a Tier
+    deferred: bool = False
+
+    @property
+    def by_admin(self) -> bool:
+        return Tier(self.tier).allows(Tier.ADMIN)
+
+
 @message("discord.interaction.edit")
 @dataclass(frozen=True, slots=True)
-class EditInteraction(Message):
+class EditInteraction(Request[Done]):
     """Edit the original response of an interaction (streaming answers to /ask)."""
 
     interaction_id: str
@@ -252,7 +287,7 @@ class EditInteraction(Message):
 
 @message("discord.interaction.followup")
 @dataclass(frozen=True, slots=True)
-class InteractionFollowup(Message):
+class InteractionFollowup(Request[Sent]):
     interaction_id: str
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)

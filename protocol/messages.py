@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 
 class MessageError(ValueError):
@@ -24,9 +24,29 @@ class Message:
     TYPE: ClassVar[str] = ""
     # Durable events are written to the sender's outbox and acknowledged.
     DURABLE: ClassVar[bool] = False
+    # Retained events: the sender keeps the latest one (per value of the field RETAIN_BY
+    # names, or just one when it is "") and gives it again to a subscriber that
+    # (re)connects, so a service that starts late needs not ask for it.
+    RETAIN_BY: ClassVar[str | None] = None
 
     def to_body(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+R = TypeVar("R", bound=Message)
+
+
+class Request(Message, Generic[R]):
+    """A message that is answered: `class Send(Request[Sent])` declares its reply type
+    once, and `Service.call` returns exactly that type."""
+
+    REPLY: ClassVar[type[Message]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is Request:
+                (cls.REPLY,) = typing.get_args(base)
 
 
 REGISTRY: dict[str, type[Message]] = {}
@@ -34,18 +54,27 @@ _HINTS: dict[type[Message], dict[str, Any]] = {}
 M = TypeVar("M", bound=type[Message])
 
 
-def message(name: str, *, durable: bool = False):
-    """Register a dataclass as the message type `name`."""
+def message(name: str, *, durable: bool = False, retain_by: str | None = None):
+    """Register a dataclass as the message type `name`; `retain_by` makes it a retained
+    event (see Message.RETAIN_BY)."""
 
     def register(cls: M) -> M:
         if name in REGISTRY and REGISTRY[name].__qualname__ != cls.__qualname__:
             raise TypeError(f"message type {name!r} declared twice")
+        if issubclass(cls, Request) and not isinstance(getattr(cls, "REPLY", None), type):
+            raise TypeError(f"request {name!r} does not declare its reply: Request[Reply]")
         cls.TYPE = name
         cls.DURABLE = durable
+        cls.RETAIN_BY = retain_by
         REGISTRY[name] = cls
         return cls
 
     return register
+
+
+def check_type(value: Any, hint: Any, path: str) -> None:
+    """Raise MessageError unless `value` (msgpack or TOML data) matches the type `hint`."""
+    _check(value, hint, path)
 
 
 def _check(value: Any, hint: Any, path: str) -> None:
@@ -64,12 +93,17 @@ def _check(value: Any, hint: Any, path: str) -> None:
         if value is not None:
             raise MessageError(f"{path}: expected null")
         return
-    if origin is list:
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
             raise MessageError(f"{path}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint) or (Any,)
+        (item, *_) = typing.get_args(hint) or (Any,)
         for i, v in enumerate(value):
             _check(v, item, f"{path}[{i}]")
+        return
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise MessageError(f"{path}: {value!r} is not one of {choices}")
         return
     if origin is dict:
         if not isinstance(value, dict):
@@ -130,31 +164,89 @@ class StopService(Message):
     reason: str = "supervisor stopping"
 
 
-@message("supervisor.status")
+@message("ok")
 @dataclass(frozen=True, slots=True)
-class StatusRequest(Message):
+class Done(Message):
+    """The reply of a request that has nothing to say but that it was done."""
+
+
+@message("supervisor.status", retain_by="")
+@dataclass(frozen=True, slots=True)
+class SupervisorStatus(Message):
+    """Every service's state, pid, restarts, uptime, RSS, last exit and channels. The
+    answer to `supervisor.status.get`, and an event the supervisor publishes at each state
+    transition (and every few seconds, for RSS and breakers) to its subscribers."""
+
+    supervisor: dict[str, Any]
+    services: list[dict[str, Any]]
+    changed: list[str] = dataclasses.field(default_factory=list)  # whose state changed
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.services if s.get("name") == name), None)
+
+
+@message("supervisor.status.get")
+@dataclass(frozen=True, slots=True)
+class StatusRequest(Request[SupervisorStatus]):
     pass
+
+
+@message("supervisor.outcome")
+@dataclass(frozen=True, slots=True)
+class Outcome(Message):
+    ok: bool
+    detail: str
 
 
 @message("supervisor.restart")
 @dataclass(frozen=True, slots=True)
-class RestartRequest(Message):
+class RestartRequest(Request[Outcome]):
     service: str
+
+
+@message("supervisor.reload")
+@dataclass(frozen=True, slots=True)
+class ReloadRequest(Request[Outcome]):
+    """Re-read services.toml and apply every service's settings (also on SIGHUP)."""
+
+
+@message("service.settings")
+@dataclass(frozen=True, slots=True)
+class ApplySettings(Request[Outcome]):
+    """New settings for a running service: it validates them against its schema, applies
+    what can change live and names the rest (`detail`)."""
+
+    settings: dict[str, Any]
+
+
+@message("service.clock")
+@dataclass(frozen=True, slots=True)
+class ClockReading(Message):
+    monotonic: float
+    wall: float
 
 
 @message("service.clock.advance")
 @dataclass(frozen=True, slots=True)
-class AdvanceClock(Message):
-    """Move a service's clock forward; answered `{monotonic, wall}`. Served only when the
-    service's setting `allow_clock_control` is true (the sandbox sets it), so a real bot
-    never lets a peer move its schedules."""
+class AdvanceClock(Request[ClockReading]):
+    """Move a service's clock forward. Served only when the service's setting
+    `allow_clock_control` is true (the sandbox sets it), so a real bot never lets a peer
+    move its schedules."""
 
     seconds: float
 
 
+@message("pong")
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    name: str
+    pid: int
+    text: str = ""
+
+
 @message("ping")
 @dataclass(frozen=True, slots=True)
-class Ping(Message):
+class Ping(Request[Pong]):
     """Any service answers a ping with its name: the cheapest liveness probe."""
 
     text: str = ""

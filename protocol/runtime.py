@@ -3,14 +3,17 @@
 A service module declares what it listens to and what it does, and nothing
 else:
 
-    service = Service("echo")
+    service = Service("echo", EchoSettings)   # settings: protocol/settings.py
 
-    @service.request(Ping)
-    async def ping(msg: Ping) -> dict:
-        return {"text": msg.text}
+    @service.request(Echo)                    # Echo is a Request[Echoed]
+    async def echo(msg: Echo) -> Echoed:
+        return Echoed(msg.text)
 
     @service.event(MessageCreated, batch=True)
     async def store(events: list[MessageCreated]) -> None: ...
+
+    @service.command("ask")                   # declared in protocol/commands.py
+    async def ask(msg: CommandInvoked) -> CommandAnswer: ...
 
     @service.setup            # runs before the service reports ready
     async def connect() -> None: ...
@@ -18,40 +21,66 @@ else:
     @service.task             # runs for the service's lifetime
     async def loop() -> None: ...
 
-The runtime owns the sockets and tasks: it binds the service's ROUTER, reports
-ready to the supervisor once setup is done, heartbeats from the event loop (so
-a blocked loop shows up as a hang), answers `ping`, stops cleanly when the
-supervisor asks or on SIGTERM, and exits if the supervisor disappears.
+The runtime owns the sockets and tasks: it checks the settings and that every
+command and subscribed event has its handler (else the process exits
+EXIT_CONFIG with one line per problem, and the supervisor stops start-up),
+binds the service's ROUTER, reports ready to the supervisor once setup is
+done, heartbeats from the event loop (so a blocked loop shows up as a hang),
+answers `ping`, applies new settings when the supervisor reloads, stops cleanly
+when the supervisor asks or on SIGTERM, and exits if the supervisor disappears.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from loguru import logger
 
 from protocol.bus import Bus, Reply, Topology, TransientError
+from protocol.channel import UNREACHABLE, RemoteError
 from protocol.clock import Clock
+from protocol.commands import CATALOGUE
+from protocol.discord import CommandAnswer, CommandInvoked
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
     AdvanceClock,
+    ApplySettings,
+    ClockReading,
     Heartbeat,
     Message,
     MessageError,
+    Outcome,
     Ping,
+    Pong,
+    Request,
     ServiceReady,
     StopService,
     decode,
 )
 from protocol.quietlog import QuietLog
+from protocol.settings import ServiceSettings, live_and_restart_changes, parse_settings
 
-__all__ = ["Refused", "RuntimeContext", "Service", "TransientError"]
+__all__ = [
+    "EXIT_CONFIG",
+    "ConfigurationError",
+    "Refused",
+    "RuntimeContext",
+    "Service",
+    "TransientError",
+]
+
+# A service that cannot start because of its configuration exits with this (sysexits'
+# EX_CONFIG): restarting it would not help, so the supervisor stops start-up instead.
+EXIT_CONFIG = 78
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -77,34 +106,68 @@ class RuntimeContext:
     stop_timeout_s: float = 2.0
 
 
-RequestFn = Callable[[Any], Awaitable[Message | dict[str, Any] | None]]
+RequestFn = Callable[[Any], Awaitable[Message]]
 EventFn = Callable[[Any], Awaitable[None]]
+CommandFn = Callable[[CommandInvoked], Awaitable[CommandAnswer]]
+SettingsFn = Callable[[Any], None]
+
+
+class ConfigurationError(Exception):
+    """What stops a service from starting: one line per problem."""
 
 
 class Service:
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: type[ServiceSettings] = ServiceSettings,
+        clock: Clock | None = None,
+    ) -> None:
         self.name = name
+        self.settings_type = settings
+        self._settings: Any = settings()
+        self._on_settings: list[SettingsFn] = []
         self._requests: dict[str, RequestFn] = {}
         self._events: dict[str, tuple[EventFn, bool]] = {}
+        self.commands: dict[str, CommandFn] = {}
         self._setup: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[Callable[[], Awaitable[None]]] = []
         self._teardown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = anyio.Event()
         self.ctx: RuntimeContext | None = None
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self._quiet = QuietLog()
         self.bus: Bus | None = None
         self.request(Ping)(self._ping)
         self.request(AdvanceClock)(self._advance_clock)
+        self.request(ApplySettings)(self._apply_settings)
 
     # --- declarations ---------------------------------------------------------------
 
-    def request(self, msg_type: type[Message]) -> Callable[[RequestFn], RequestFn]:
+    def request(self, msg_type: type[Request[R]]) -> Callable[[RequestFn], RequestFn]:
+        """Answer a request type; the handler returns the type's declared reply."""
+
         def register(fn: RequestFn) -> RequestFn:
             self._requests[msg_type.TYPE] = fn
             return fn
 
         return register
+
+    def command(self, name: str) -> Callable[[CommandFn], CommandFn]:
+        """Answer the slash command declared as `name` in protocol/commands.py."""
+
+        def register(fn: CommandFn) -> CommandFn:
+            self.commands[name] = fn
+            if CommandInvoked.TYPE not in self._requests:
+                self.request(CommandInvoked)(self._on_command)
+            return fn
+
+        return register
+
+    def on_settings(self, fn: SettingsFn) -> SettingsFn:
+        """Called with the settings at start and after each reload that changed them."""
+        self._on_settings.append(fn)
+        return fn
 
     def event(
         self, msg_type: type[Message], *, batch: bool = False
@@ -132,8 +195,9 @@ class Service:
     # --- what a service calls -------------------------------------------------------
 
     @property
-    def settings(self) -> dict[str, Any]:
-        return self.ctx.settings if self.ctx else {}
+    def settings(self) -> Any:
+        """The settings in force, typed as the service declared them."""
+        return self._settings
 
     async def publish(self, msg: Message) -> int:
         assert self.bus is not None, "publish before the service runs"
@@ -143,30 +207,118 @@ class Service:
         assert self.bus is not None, "publish before the service runs"
         await self.bus.publish_many(msgs, meta)
 
-    async def call(
-        self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0
-    ) -> dict[str, Any]:
-        """Request/reply; raises RequestTimeout, BreakerOpen or RemoteError."""
+    async def call(self, peer: str, msg: Request[R], timeout: float = 5.0, retries: int = 0) -> R:
+        """Request/reply: the request's declared reply, or RequestTimeout, BreakerOpen or
+        RemoteError (also for a reply that is not of the declared type)."""
         assert self.bus is not None, "call before the service runs"
         reply = await self.bus.request(peer, msg, timeout=timeout, retries=retries)
-        return reply.body
+        try:
+            return decode(msg.REPLY.TYPE, reply.body)  # type: ignore[return-value]
+        except MessageError as exc:
+            raise RemoteError(peer, "bad_reply", str(exc)) from None
+
+    async def patiently(
+        self,
+        call: Callable[[], Awaitable[T]],
+        what: str,
+        give_up_after_s: float | None = None,
+        until: anyio.Event | None = None,
+    ) -> T | None:
+        """Retry with backoff (on this service's clock) while a peer is unreachable: it
+        may be starting or restarting. None if given up, or once `until` is set."""
+        delay, waited = 0.5, 0.0
+        while until is None or not until.is_set():
+            try:
+                return await call()
+            except UNREACHABLE as exc:
+                if give_up_after_s is not None and waited >= give_up_after_s:
+                    logger.warning("{}: giving up for now ({})", what, exc)
+                    return None
+                logger.info("{}: retrying in {:.1f}s ({})", what, delay, exc)
+            await self.clock.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
+        return None
 
     def stop(self) -> None:
         self._stopping.set()
 
+    # --- start-up checks --------------------------------------------------------------
+
+    def problems(self, topology: Topology) -> list[str]:
+        """What would make this service misbehave in this topology: a command it owns
+        without a handler, a handler for no declared command of its, or an event it is
+        subscribed to without a handler. One line each."""
+        found = []
+        for name, cmd in sorted(CATALOGUE.items()):
+            if cmd.owner == self.name and name not in self.commands:
+                found.append(f"{self.name}: /{name} is declared for it but has no handler")
+        for name in sorted(self.commands):
+            cmd = CATALOGUE.get(name)
+            if cmd is None:
+                found.append(f"{self.name}: handler for /{name}, which is not declared")
+            elif cmd.owner != self.name:
+                found.append(f"{self.name}: handler for /{name}, which {cmd.owner} owns")
+        for event_type, subscribers in sorted(topology.subscribers.items()):
+            if self.name in subscribers and event_type not in self._events:
+                found.append(f"{self.name}: subscribes to {event_type} but has no handler for it")
+        return found
+
+    def configure(self, raw: dict[str, Any]) -> None:
+        """Take the settings from services.toml, or raise ConfigurationError."""
+        settings, problems = parse_settings(
+            self.settings_type, raw, f"services.{self.name}.settings"
+        )
+        if problems:
+            raise ConfigurationError("\n".join(str(p) for p in problems))
+        self._settings = settings
+        for fn in self._on_settings:
+            fn(settings)
+
     # --- dispatch -------------------------------------------------------------------
 
-    async def _advance_clock(self, msg: AdvanceClock) -> dict[str, float]:
-        if not self.settings.get("allow_clock_control", False):
+    async def _advance_clock(self, msg: AdvanceClock) -> ClockReading:
+        if not self.settings.allow_clock_control:
             raise Refused("forbidden", f"{self.name} does not allow clock control")
         try:
             self.clock.advance(msg.seconds)
         except ValueError as exc:
             raise Refused("bad_request", str(exc)) from None
-        return {"monotonic": self.clock.monotonic(), "wall": self.clock.wall()}
+        return ClockReading(self.clock.monotonic(), self.clock.wall())
 
-    async def _ping(self, msg: Ping) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(), "text": msg.text}
+    async def _ping(self, msg: Ping) -> Pong:
+        return Pong(self.name, os.getpid(), msg.text)
+
+    async def _on_command(self, msg: CommandInvoked) -> CommandAnswer:
+        handler = self.commands.get(msg.command)
+        if handler is None:
+            return CommandAnswer(f"{self.name} does not answer /{msg.command}", ephemeral=True)
+        return await handler(msg)
+
+    async def _apply_settings(self, msg: ApplySettings) -> Outcome:
+        """A reload: apply what changed live, name what waits for a restart."""
+        old = self._settings
+        new, problems = parse_settings(
+            self.settings_type, msg.settings, f"services.{self.name}.settings"
+        )
+        if problems:
+            for problem in problems:
+                logger.error("reload refused: {}", problem)
+            return Outcome(False, "; ".join(str(p) for p in problems))
+        live, restart = live_and_restart_changes(old, new)
+        if not live and not restart:
+            return Outcome(True, "unchanged")
+        # Fields that wait for a restart keep their running values.
+        kept = {name: getattr(old, name) for name in restart}
+        self._settings = dataclasses.replace(new, **kept)
+        for fn in self._on_settings:
+            fn(self._settings)
+        detail = f"applied {', '.join(live)}" if live else "nothing applied live"
+        if restart:
+            detail += f"; {', '.join(restart)} change on restart"
+            logger.warning("{}: {} change on the next restart", self.name, ", ".join(restart))
+        logger.info("settings reloaded: {}", detail)
+        return Outcome(True, detail)
 
     async def _on_request(self, env: Envelope, reply: Reply) -> None:
         if env.kind is Kind.CONTROL and env.type == StopService.TYPE:
@@ -193,10 +345,17 @@ class Service:
             logger.exception("{} handler failed", env.type)
             reply(env.error("handler_error", f"{type(exc).__name__}: {exc}"))
             return
-        if isinstance(result, Message):
-            reply(env.reply(result.to_body(), result.TYPE))
-        else:
-            reply(env.reply(result or {}))
+        declared = type(msg).REPLY  # type: ignore[attr-defined]
+        if not isinstance(result, declared):
+            logger.error(
+                "{} handler returned {}, not its declared {}",
+                env.type,
+                type(result).__name__,
+                declared.__name__,
+            )
+            reply(env.error("handler_error", f"answered {type(result).__name__}"))
+            return
+        reply(env.reply(result.to_body(), result.TYPE))
 
     async def _on_events(self, batch: list[Envelope]) -> None:
         entry = self._events.get(batch[0].type)
@@ -228,9 +387,19 @@ class Service:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def check(self, topology: Topology, settings: dict[str, Any]) -> None:
+        """Everything that must hold before the service starts; ConfigurationError (one
+        line per problem) if not. Takes the settings when they are right."""
+        problems = self.problems(topology)
+        if problems:
+            raise ConfigurationError("\n".join(problems))
+        self.configure(settings)
+
     async def run(self, ctx: RuntimeContext) -> None:
-        """Serve until stopped; every socket and task is closed on the way out."""
+        """Serve until stopped; every socket and task is closed on the way out. Raises
+        ConfigurationError before anything starts if the configuration is wrong."""
         self.ctx = ctx
+        self.check(ctx.topology, ctx.settings)
         self._stopping = anyio.Event()  # a fresh one per run: a Service can run again
         outbox_dir = ctx.data_dir / "outbox"
         outbox_dir.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,76 @@
 """What the persistence service serves and stores, beyond the Discord events.
 
-Queries answer plain dicts; a stored message is
+Each query declares its reply type. A stored message is
 `{id, channel_id, guild_id, author_id, author_name, author_bot, content, created_at,
 edited_at, deleted, reply_to_id}` (times in Unix seconds, `edited_at` None if never).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.messages import Message, message
+from protocol.messages import Message, Request, message
+
+# --- replies ----------------------------------------------------------------------------
+
+
+@message("store.messages")
+@dataclass(frozen=True, slots=True)
+class StoredMessages(Message):
+    messages: list[dict[str, Any]]  # stored messages, oldest first
+
+
+@message("store.member_events.list")
+@dataclass(frozen=True, slots=True)
+class MemberEventList(Message):
+    """`events`: `[{kind: joined|left|banned|unbanned, user_id, username, bot, at}]`."""
+
+    events: list[dict[str, Any]]
+    truncated: bool = False
+
+
+@message("store.counts.list")
+@dataclass(frozen=True, slots=True)
+class Counts(Message):
+    messages: int
+    deleted: int
+    edits: int
+    users: int
+    member_events: int
+    exchanges: int
+    db_bytes: int | None
+
+
+@message("store.kv.value")
+@dataclass(frozen=True, slots=True)
+class KvValue(Message):
+    value: Any  # None if absent
+
+
+@message("store.kv.stored")
+@dataclass(frozen=True, slots=True)
+class KvStored(Message):
+    stored: bool  # False: only_if_absent and the key existed (the claim failed)
+
+
+@message("store.usage.totals")
+@dataclass(frozen=True, slots=True)
+class Usage(Message):
+    exchanges: int
+    prompt_tokens: int
+    completion_tokens: int
+    by_outcome: dict[str, int] = field(default_factory=dict)
+    latency_p50_ms: float | None = None
+
+
+# --- queries ----------------------------------------------------------------------------
 
 
 @message("store.recent_messages")
 @dataclass(frozen=True, slots=True)
-class RecentMessages(Message):
-    """`{messages: [...]}`: the channel's newest messages, oldest first, deleted ones left
+class RecentMessages(Request[StoredMessages]):
+    """The channel's newest messages, oldest first, deleted ones left
     out (at most 100)."""
 
     channel_id: str
@@ -27,8 +81,8 @@ class RecentMessages(Message):
 
 @message("store.reply_chain")
 @dataclass(frozen=True, slots=True)
-class ReplyChain(Message):
-    """`{messages: [...]}`: the message and the ones it replies to, transitively, oldest
+class ReplyChain(Request[StoredMessages]):
+    """The message and the ones it replies to, transitively, oldest
     first (deleted ones included, marked `deleted`)."""
 
     message_id: str
@@ -37,8 +91,8 @@ class ReplyChain(Message):
 
 @message("store.member_events")
 @dataclass(frozen=True, slots=True)
-class MemberEvents(Message):
-    """`{events: [{kind: joined|left|banned|unbanned, user_id, username, bot, at}]}`."""
+class MemberEvents(Request[MemberEventList]):
+    """Member events with since <= at <= until, oldest first."""
 
     guild_id: str
     since: float
@@ -47,14 +101,14 @@ class MemberEvents(Message):
 
 @message("store.counts")
 @dataclass(frozen=True, slots=True)
-class StoreCounts(Message):
-    """`{messages, deleted, edits, users, member_events, exchanges, db_bytes}`."""
+class StoreCounts(Request[Counts]):
+    """How many rows each table holds, and the database's size."""
 
 
 @message("store.kv.get")
 @dataclass(frozen=True, slots=True)
-class KvGet(Message):
-    """`{value}` (None if absent): small state services keep across restarts."""
+class KvGet(Request[KvValue]):
+    """Small state services keep across restarts."""
 
     namespace: str
     key: str
@@ -62,11 +116,11 @@ class KvGet(Message):
 
 @message("store.kv.set")
 @dataclass(frozen=True, slots=True)
-class KvSet(Message):
+class KvSet(Request[KvStored]):
     namespace: str
     key: str
     value: Any
-    only_if_absent: bool = False  # answers {stored: false} if the key exists: a claim
+    only_if_absent: bool = False  # a claim: not stored if the key exists
 
 
 @message("llm.exchange", durable=True)
@@ -88,9 +142,8 @@ class LlmExchange(Message):
 
 @message("store.usage")
 @dataclass(frozen=True, slots=True)
-class UsageRequest(Message):
-    """`{exchanges, prompt_tokens, completion_tokens, by_outcome: {outcome: n},
-    latency_p50_ms}` for a guild (or all) since a time."""
+class UsageRequest(Request[Usage]):
+    """The model usage of a guild (or all) since a time."""
 
     since: float
     guild_id: str | None = None

@@ -9,23 +9,27 @@ OpenAI, through the URLs and keys put into their environment.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import Any
 
 from loguru import logger
 
 from sandbox.discord import DiscordEmulator
 from sandbox.openai_standin import OpenAIStandin
-from supervisor.config import Config
+from supervisor.config import OVERRIDES_ENV, Config, load
 from supervisor.supervisor import Supervisor
 
-# Settings only the sandbox changes: no 5 s pause before re-identifying, a model name
-# the stand-in knows, and clocks end-to-end tests can drive (the stats schedule and the
-# gateway's rename guard move with the emulator's clock).
-SANDBOX_SETTINGS = {
-    "gateway": {"identify_delay_s": 0.2, "allow_clock_control": True},
-    "llm": {"model": "sandbox-model"},
-    "stats": {"allow_clock_control": True},
-}
+
+def sandbox_settings(owner_id: str) -> dict[str, dict[str, Any]]:
+    """Settings only the sandbox changes: no 5 s pause before re-identifying, alice as
+    the bot's owner, a model name the stand-in knows, and clocks end-to-end tests can
+    drive (the stats schedule and the gateway's rename guard move with the emulator's)."""
+    return {
+        "gateway": {"identify_delay_s": 0.2, "allow_clock_control": True, "owner_ids": [owner_id]},
+        "llm": {"model": "sandbox-model"},
+        "stats": {"allow_clock_control": True},
+    }
 
 
 async def run_sandbox(config: Config, port: int) -> int:
@@ -47,8 +51,10 @@ async def run_sandbox(config: Config, port: int) -> int:
         "DISCORD_API_BASE": emulator.api_base,
         "OPENAI_API_KEY": llm.api_key,
         "OPENAI_BASE_URL": llm.base_url,
-        "BOT_SETTINGS_OVERRIDES": json.dumps(SANDBOX_SETTINGS),
     }
+    # In this process's environment too: the supervisor's reload reads the same overrides.
+    os.environ[OVERRIDES_ENV] = json.dumps(sandbox_settings(emulator.world.owner_id))
+    config = load(config.path, config.supervisor.data_dir)
     data = config.supervisor.data_dir.absolute()
     print(
         "\n".join(

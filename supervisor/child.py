@@ -2,14 +2,14 @@
 
 It ties the process's life to the supervisor's (PR_SET_PDEATHSIG, so even a
 SIGKILLed supervisor leaves no orphan), sets up logging, reads services.toml,
-imports the service module and hands its `service` to the runtime.
+builds the service from its module's `build()` and hands it to the runtime. A
+configuration problem exits with EXIT_CONFIG, one line per problem, and the
+supervisor stops start-up rather than restarting it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib
-import json
 import os
 import signal
 import sys
@@ -18,9 +18,10 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from protocol.runtime import RuntimeContext, Service
+from protocol.runtime import EXIT_CONFIG, ConfigurationError, RuntimeContext
 from supervisor import logs
 from supervisor.config import ConfigError, load
+from supervisor.preflight import build_service
 
 PR_SET_PDEATHSIG = 1
 
@@ -38,16 +39,6 @@ def die_with_parent(expected_parent: int) -> None:
         sys.exit(1)  # the supervisor died before prctl took effect
 
 
-def settings_overrides(name: str) -> dict:
-    """Settings the sandbox changes for one service (JSON in BOT_SETTINGS_OVERRIDES)."""
-    try:
-        overrides = json.loads(os.environ.get("BOT_SETTINGS_OVERRIDES") or "{}")
-    except ValueError:
-        return {}
-    value = overrides.get(name, {}) if isinstance(overrides, dict) else {}
-    return value if isinstance(value, dict) else {}
-
-
 def main(argv: list[str]) -> int:
     name = argv[1]
     supervisor_pid = int(os.environ["BOT_SUPERVISOR_PID"])
@@ -56,27 +47,29 @@ def main(argv: list[str]) -> int:
         config = load(Path(os.environ["BOT_CONFIG"]), Path(os.environ["BOT_DATA_DIR"]))
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     sup = config.supervisor
-    log_format = os.environ.get("BOT_LOG_FORMAT") or sup.log_format  # run.py --log-format
-    logs.setup(name, log_format, sup.log_dir or sup.data_dir / "logs")
     spec = config.service(name)
-    settings = {**spec.settings, **settings_overrides(name)}
-    module = importlib.import_module(spec.module)
-    service = getattr(module, "service", None)
-    if not isinstance(service, Service):
-        logger.error("{} has no `service = Service(...)`", spec.module)
-        return 2
+    log_format = os.environ.get("BOT_LOG_FORMAT") or sup.log_format  # run.py --log-format
+    logs.setup(
+        name, log_format, sup.log_dir or sup.data_dir / "logs", logs.level_for(spec.log_level)
+    )
+    service = build_service(spec)
     ctx = RuntimeContext(
         name=name,
         topology=config.topology(),
         data_dir=sup.data_dir,
-        settings=settings,
+        settings=spec.settings,
         heartbeat_interval_s=min(sup.heartbeat_interval_s, spec.heartbeat_timeout_s / 3),
         supervisor_pid=supervisor_pid,
         stop_timeout_s=max(0.1, spec.stop_grace_s - 0.5),
     )
-    anyio.run(service.run, ctx)
+    try:
+        anyio.run(service.run, ctx)
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            logger.error(line)
+        return EXIT_CONFIG
     return 0
 
 

@@ -8,6 +8,7 @@ toml: a service names the environment variables it needs in `env_required`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -16,21 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from protocol.bus import Topology
-from protocol.commands import CATALOGUE
+from protocol.commands import owned_by
+from protocol.settings import Problem
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 SECRET_KEY = re.compile(r"(token|secret|password|api_key)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class ConfigProblem:
-    key: str
-    problem: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.problem}; fix: {self.fix}"
+ConfigProblem = Problem  # one problem: its key, what is wrong, the fix
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+# Settings the sandbox (or a test) changes without editing services.toml: JSON
+# {service: {setting: value}} in this environment variable, applied on every load.
+OVERRIDES_ENV = "BOT_SETTINGS_OVERRIDES"
 
 
 class ConfigError(Exception):
@@ -66,7 +65,7 @@ class ServiceSpec:
     critical: bool = False
     enabled: bool = True
     env_required: tuple[str, ...] = ()
-    commands: tuple[str, ...] = ()  # slash commands this service answers
+    log_level: str | None = None  # else LOG_LEVEL from the environment, else INFO
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,13 +103,12 @@ class Config:
         runtime = self.supervisor.runtime_dir.resolve()
         endpoints = {"supervisor": f"ipc://{runtime}/supervisor.sock"}
         subscribers: dict[str, list[str]] = {}
-        commands: dict[str, str] = {}
         for s in self.enabled:
             endpoints[s.name] = s.endpoint or f"ipc://{runtime}/{s.name}.sock"
             for event_type in s.subscribes:
                 subscribers.setdefault(event_type, []).append(s.name)
-            for command in s.commands:
-                commands[command] = s.name
+        # Who answers which slash command is declared with the command (protocol/commands.py).
+        commands = owned_by({s.name for s in self.enabled})
         return Topology(endpoints, subscribers, commands)
 
 
@@ -198,7 +196,12 @@ def _policy(r: _Reader, table: dict[str, Any], key: str, base: RestartPolicy) ->
 
 
 def _service(
-    r: _Reader, name: str, table: Any, defaults: dict[str, Any], base_policy: RestartPolicy
+    r: _Reader,
+    name: str,
+    table: Any,
+    defaults: dict[str, Any],
+    base_policy: RestartPolicy,
+    overrides: dict[str, dict[str, Any]],
 ) -> ServiceSpec | None:
     key = f"services.{name}"
     if not SERVICE_NAME.match(name):
@@ -228,6 +231,11 @@ def _service(
     if not isinstance(settings, dict):
         r.bad(f"{key}.settings", "must be a table", f"write [services.{name}.settings]")
         settings = {}
+    settings = {**settings, **overrides.get(name, {})}
+    log_level = merged.get("log_level")
+    if log_level is not None and str(log_level).upper() not in LOG_LEVELS:
+        r.bad(f"{key}.log_level", f"unknown level {log_level!r}", "use " + ", ".join(LOG_LEVELS))
+        log_level = None
     for skey, value in settings.items():
         if SECRET_KEY.search(skey) and value:
             r.bad(
@@ -251,7 +259,7 @@ def _service(
         critical=r.boolean(merged, "critical", key, False),
         enabled=r.boolean(merged, "enabled", key, True),
         env_required=r.strings(merged, "env_required", key),
-        commands=r.strings(merged, "commands", key),
+        log_level=str(log_level).upper() if log_level else None,
         settings=settings,
     )
     if spec.stop_grace_s > spec.shutdown_timeout_s:
@@ -327,10 +335,11 @@ def parse(data: dict[str, Any], path: Path, data_dir: Path | None = None) -> Con
     if not isinstance(services_table, dict) or not services_table:
         r.bad("services", "no services configured", "add at least one [services.NAME] table")
         services_table = {}
+    overrides = settings_overrides()
     specs = [
         spec
         for name, table in services_table.items()
-        if (spec := _service(r, name, table, defaults, base_policy)) is not None
+        if (spec := _service(r, name, table, defaults, base_policy, overrides)) is not None
     ]
     enabled = {s.name for s in specs if s.enabled}
     for s in specs:
@@ -342,26 +351,21 @@ def parse(data: dict[str, Any], path: Path, data_dir: Path | None = None) -> Con
                         f"depends on disabled service {dep!r}",
                         f"enable {dep} or disable {s.name}",
                     )
-    owners: dict[str, str] = {}
-    for s in specs:
-        for command in s.commands:
-            if command not in CATALOGUE:
-                r.bad(
-                    f"services.{s.name}.commands",
-                    f"unknown command {command!r}",
-                    "use one of " + ", ".join(CATALOGUE),
-                )
-            elif command in owners:
-                r.bad(
-                    f"services.{s.name}.commands",
-                    f"/{command} is already answered by {owners[command]}",
-                    "give each command to one service",
-                )
-            owners[command] = s.name
     ordered = _ordered(r, specs)
     if r.problems:
         raise ConfigError(r.problems)
     return Config(path=path, supervisor=settings, services=ordered)
+
+
+def settings_overrides() -> dict[str, dict[str, Any]]:
+    """{service: {setting: value}} from $BOT_SETTINGS_OVERRIDES (the sandbox sets it)."""
+    try:
+        overrides = json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(overrides, dict):
+        return {}
+    return {str(k): v for k, v in overrides.items() if isinstance(v, dict)}
 
 
 def load(path: Path, data_dir: Path | None = None) -> Config:

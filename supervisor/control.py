@@ -1,32 +1,42 @@
-"""The operator's side of the control socket: `run.py status` and `run.py restart`."""
+"""The operator's side of the control socket: `run.py status`, `restart` and `reload`."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from protocol.bus import Topology, request_once
 from protocol.channel import RemoteError, RequestTimeout
-from protocol.messages import Message, RestartRequest, StatusRequest
+from protocol.messages import (
+    Message,
+    Outcome,
+    ReloadRequest,
+    Request,
+    RestartRequest,
+    StatusRequest,
+    SupervisorStatus,
+)
+
+R = TypeVar("R", bound=Message)
 
 
 class SupervisorUnreachable(Exception):
     pass
 
 
-def ask(runtime_dir: Path, msg: Message, timeout: float = 3.0) -> dict[str, Any]:
-    """Send one request to the running supervisor and return its reply body."""
+def ask(runtime_dir: Path, msg: Request[R], timeout: float = 3.0) -> R:
+    """Send one request to the running supervisor and return its reply."""
     sock = runtime_dir.absolute() / "supervisor.sock"
     if not sock.exists():
         raise SupervisorUnreachable(f"no supervisor running (no socket at {sock})")
     return anyio.run(_ask, sock, msg, timeout)
 
 
-async def _ask(sock: Path, msg: Message, timeout: float) -> dict[str, Any]:
+async def _ask(sock: Path, msg: Request[R], timeout: float) -> R:
     topology = Topology({"supervisor": f"ipc://{sock}"})
     try:
         return await request_once(f"cli-{os.getpid()}", topology, "supervisor", msg, timeout)
@@ -36,12 +46,16 @@ async def _ask(sock: Path, msg: Message, timeout: float) -> dict[str, Any]:
         raise SupervisorUnreachable(str(exc)) from None
 
 
-def status(runtime_dir: Path) -> dict[str, Any]:
+def status(runtime_dir: Path) -> SupervisorStatus:
     return ask(runtime_dir, StatusRequest())
 
 
-def restart(runtime_dir: Path, service: str) -> dict[str, Any]:
+def restart(runtime_dir: Path, service: str) -> Outcome:
     return ask(runtime_dir, RestartRequest(service))
+
+
+def reload(runtime_dir: Path) -> Outcome:
+    return ask(runtime_dir, ReloadRequest(), timeout=30.0)
 
 
 def format_status(data: dict[str, Any]) -> str:

@@ -62,6 +62,12 @@ class _ToLoguru(logging.Handler):
         logger.opt(exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
 
 
+def level_for(configured: str | None) -> str:
+    """A service's own `log_level` in services.toml, else $LOG_LEVEL, else INFO."""
+    level = (configured or os.environ.get("LOG_LEVEL") or "INFO").upper()
+    return level if level in _PRIORITY else "INFO"
+
+
 def setup(
     service: str, log_format: str = "text", log_dir: Path | None = None, level: str = "INFO"
 ) -> None:

@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import psutil
@@ -22,22 +21,29 @@ from anyio.abc import TaskGroup
 from loguru import logger
 
 from protocol.bus import Bus, Reply
+from protocol.channel import UNREACHABLE
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
+    ApplySettings,
     Heartbeat,
     MessageError,
+    Outcome,
+    ReloadRequest,
     RestartRequest,
     ServiceReady,
     StatusRequest,
     StopService,
+    SupervisorStatus,
     decode,
 )
-from supervisor.config import Config
+from protocol.runtime import EXIT_CONFIG
+from supervisor.config import Config, ConfigError, load
 from supervisor.effects import Child, Effects, OSEffects, child_argv, child_env
 from supervisor.notify import Notifier
 from supervisor.process import ServiceProcess, State
 
 MONITOR_TICK_S = 0.25
+STATUS_EVERY_S = 5.0  # besides every state change: RSS and breakers move too
 
 
 class Supervisor:
@@ -61,6 +67,8 @@ class Supervisor:
         self._stop = anyio.Event()
         self._shutting_down = False
         self._ready_sent = False
+        self._status_due = True  # publish SupervisorStatus at the next monitor tick
+        self._published_states: dict[str, str] = {}
         self._started_at = time.monotonic()
         self.bus: Bus | None = None
         self._tg: TaskGroup | None = None
@@ -100,14 +108,20 @@ class Supervisor:
         self._stop.set()
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    logger.info("SIGHUP received: reloading settings")
+                    assert self._tg is not None
+                    self._tg.start_soon(self.reload)
+                    continue
                 logger.info("{} received: stopping services", signal.Signals(signum).name)
                 self.stop(0)
 
     def _note_change(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+        self._status_due = True
         if self._shutting_down:
             return
         summary = self.summary()
@@ -157,7 +171,15 @@ class Supervisor:
                 del self._children[name]
                 self.effects.forget(child.pid)
                 self._gone[name].set()
+                never_ready = proc.state is State.STARTING
                 decision = proc.exited(returncode, self.effects.now())
+                if returncode == EXIT_CONFIG and never_ready:
+                    # Its configuration is wrong (it said what, one line per problem):
+                    # restarting cannot help, so start-up stops here.
+                    logger.error("{}: configuration problem (see above): stopping", name)
+                    self._note_change()
+                    self.stop(2)
+                    return
             else:
                 proc.spawned(0, self.effects.now())
                 decision = proc.exited(127, self.effects.now())
@@ -214,7 +236,7 @@ class Supervisor:
     # --- monitor: hangs, memory, watchdog -------------------------------------------
 
     async def _monitor(self) -> None:
-        next_memory = next_watchdog = 0.0
+        next_memory = next_watchdog = next_status = 0.0
         poll = self.config.supervisor.memory_poll_s
         watchdog = self.notifier.watchdog_interval_s
         async with anyio.create_task_group() as tg:
@@ -243,6 +265,9 @@ class Supervisor:
                 if watchdog is not None and now >= next_watchdog:
                     self.notifier.watchdog()
                     next_watchdog = now + watchdog
+                if self._status_due or now >= next_status:
+                    next_status = now + STATUS_EVERY_S
+                    await self._publish_status()
                 await anyio.sleep(MONITOR_TICK_S)
 
     # --- the bus: reports from services, requests from the CLI and services ----------
@@ -273,11 +298,17 @@ class Supervisor:
         except MessageError as exc:
             reply(env.error("bad_request", str(exc)))
             return
+        answer: SupervisorStatus | Outcome
         if isinstance(msg, StatusRequest):
-            reply(env.reply(self.status()))
+            answer = self.status()
         elif isinstance(msg, RestartRequest):
-            ok, detail = self.restart(msg.service)
-            reply(env.reply({"ok": ok, "detail": detail}))
+            answer = Outcome(*self.restart(msg.service))
+        elif isinstance(msg, ReloadRequest):
+            answer = await self.reload()
+        else:
+            answer = None  # type: ignore[assignment]
+        if answer is not None:
+            reply(env.reply(answer.to_body(), answer.TYPE))
         else:
             reply(env.error("unknown_type", f"the supervisor does not serve {env.type!r}"))
 
@@ -297,15 +328,61 @@ class Supervisor:
             return True, f"{name} is starting"
         return False, f"{name} is {proc.state.value}; try again shortly"
 
-    def status(self) -> dict[str, Any]:
+    async def reload(self) -> Outcome:
+        """Re-read services.toml and give each running service its settings (SIGHUP,
+        `run.py reload`): each applies what can change live and names the rest. What
+        is not a setting (services, restart policies) changes on the next start."""
+        try:
+            fresh = await anyio.to_thread.run_sync(
+                load, self.config.path, self.config.supervisor.data_dir
+            )
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logger.error("reload refused: {}", problem)
+            return Outcome(False, "; ".join(str(p) for p in exc.problems))
+        assert self.bus is not None
+        details = []
+        ok = True
+        for proc in self.procs.values():
+            try:
+                spec = fresh.service(proc.name)
+            except KeyError:
+                details.append(f"{proc.name}: removed from the file (stops on the next start)")
+                continue
+            if proc.state is not State.RUNNING:
+                details.append(f"{proc.name}: {proc.state.value}, takes them when it starts")
+                continue
+            try:
+                reply = await self.bus.request(proc.name, ApplySettings(spec.settings), timeout=5)
+                outcome = decode(Outcome.TYPE, reply.body)
+                assert isinstance(outcome, Outcome)
+            except (*UNREACHABLE, MessageError) as exc:
+                outcome = Outcome(False, str(exc))
+            ok = ok and outcome.ok
+            details.append(f"{proc.name}: {outcome.detail}")
+        self.config = fresh
+        logger.info("reload: {}", "; ".join(details))
+        return Outcome(ok, "\n".join(details))
+
+    async def _publish_status(self) -> None:
+        """Each state change, pushed to the services that subscribe (heartbeat, presence)."""
+        self._status_due = False
+        assert self.bus is not None
+        status = self.status()
+        states = {s["name"]: s["state"] for s in status.services}
+        changed = [n for n, st in states.items() if self._published_states.get(n) != st]
+        self._published_states = states
+        await self.bus.publish(SupervisorStatus(status.supervisor, status.services, changed))
+
+    def status(self) -> SupervisorStatus:
         now = self.effects.now()
         me = psutil.Process()
-        return {
-            "supervisor": {
+        return SupervisorStatus(
+            supervisor={
                 "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self._started_at, 1),
                 "rss_mb": round(me.memory_info().rss / 1e6, 1),
                 "summary": self.summary(),
             },
-            "services": [p.status(now) for p in self.procs.values()],
-        }
+            services=[p.status(now) for p in self.procs.values()],
+        )
