@@ -124,6 +124,7 @@ def main(argv: list[str]) -> int:
         "supervisor",
         config.supervisor.log_format,
         config.supervisor.log_dir or config.supervisor.data_dir / "logs",
+        logs.level_for(None),  # $LOG_LEVEL
     )
     if args.sandbox:
         from sandbox.run import run_sandbox

@@ -38,7 +38,7 @@ import anyio.lowlevel
 
 from protocol.bus import Bus, Topology
 from protocol.envelope import Kind
-from protocol.messages import Message, Ping, message
+from protocol.messages import Message, Ping, Request, message
 from protocol.runtime import RuntimeContext, Service
 
 
@@ -56,9 +56,16 @@ class DurableTick(Message):
     pad: str = ""
 
 
+@message("bench.counted")
+@dataclass(frozen=True, slots=True)
+class Ticked(Message):
+    ticks: int
+    durable: int
+
+
 @message("bench.count")
 @dataclass(frozen=True, slots=True)
-class CountTicks(Message):
+class CountTicks(Request[Ticked]):
     pass
 
 
@@ -86,8 +93,8 @@ def serve_bus(tmp: str) -> None:
         counts["durable"] += len(batch)
 
     @svc.request(CountTicks)
-    async def count(_: CountTicks) -> dict:
-        return dict(counts)
+    async def count(_: CountTicks) -> Ticked:
+        return Ticked(**counts)
 
     anyio.run(svc.run, RuntimeContext("server", topology(tmp), Path(tmp)))
 
@@ -240,7 +247,7 @@ def restart_latency(kills: int) -> dict:
         runtime = Path(tmp) / "data" / "run"
 
         def echo() -> dict:
-            return next(s for s in control.status(runtime)["services"] if s["name"] == "echo")
+            return next(s for s in control.status(runtime).services if s["name"] == "echo")
 
         def wait_running(not_pid: int | None) -> dict:
             while True:

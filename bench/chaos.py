@@ -99,7 +99,7 @@ class Bot:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return control.status(self.runtime)
+            return control.status(self.runtime).to_body()
         except Exception:
             return None
 

@@ -134,6 +134,9 @@ class Bus:
                             self.channel(peer)  # replay what a previous process left unacked
                 if self.router is not None:
                     tg.start_soon(self._router_loop)
+                # A client with nothing to do yet (no ROUTER, no channel) still serves
+                # until cancelled: channels it opens later need a running bus.
+                await anyio.sleep_forever()
         finally:
             self._tg = None
             self.close()

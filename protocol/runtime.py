@@ -134,6 +134,7 @@ class Service:
         self._tasks: list[Callable[[], Awaitable[None]]] = []
         self._teardown: list[Callable[[], Awaitable[None]]] = []
         self._stopping = anyio.Event()
+        self.ready = anyio.Event()  # set once setup is done (in-process tests wait on it)
         self.ctx: RuntimeContext | None = None
         self.clock = clock or Clock()
         self._quiet = QuietLog()
@@ -399,8 +400,11 @@ class Service:
         """Serve until stopped; every socket and task is closed on the way out. Raises
         ConfigurationError before anything starts if the configuration is wrong."""
         self.ctx = ctx
+        self.name = ctx.name  # services.toml names the process (tests run one module twice)
         self.check(ctx.topology, ctx.settings)
         self._stopping = anyio.Event()  # a fresh one per run: a Service can run again
+        if self.ready.is_set():  # (kept otherwise: a test may be waiting on it already)
+            self.ready = anyio.Event()
         outbox_dir = ctx.data_dir / "outbox"
         outbox_dir.mkdir(parents=True, exist_ok=True)
         self.bus = Bus(
@@ -424,6 +428,7 @@ class Service:
                 self._report(ServiceReady(ctx.name, os.getpid()))
                 tg.start_soon(self._heartbeat)
             logger.info("{} ready", ctx.name)
+            self.ready.set()
             await self._stopping.wait()
             with anyio.move_on_after(ctx.stop_timeout_s, shield=True):
                 for fn in self._teardown:

@@ -184,14 +184,16 @@ def _parse_dataclass(schema: type[S], raw: Any, key: str, problems: list[Problem
             values[name] = value
     try:
         return schema(**values)
-    except TypeError as exc:  # a required field was missing: already reported
+    except TypeError as exc:  # a required field was missing or bad: already reported
+        if problems:
+            return None  # type: ignore[return-value]  # a nested table: its caller drops it
         raise ValueError(f"{key}: {exc}") from None
 
 
 def _parse_value(
     value: Any, hint: Any, key: str, meta: Mapping[str, Any], problems: list[Problem]
 ) -> tuple[bool, Any]:
-    before = len(problems)
+    before, given = len(problems), value
     value = _convert(value, hint, key, problems)
     if len(problems) > before:
         return False, None
@@ -206,7 +208,7 @@ def _parse_value(
                 )
                 if part
             )
-            problem = Problem(key, f"must be {bounds} (got {value!r})", f"set a number {bounds}")
+            problem = Problem(key, f"must be {bounds} (got {given!r})", f"set a number {bounds}")
             problems.append(problem)
             return False, None
     check = meta.get("check")

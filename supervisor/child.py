@@ -54,7 +54,11 @@ def main(argv: list[str]) -> int:
     logs.setup(
         name, log_format, sup.log_dir or sup.data_dir / "logs", logs.level_for(spec.log_level)
     )
-    service = build_service(spec)
+    try:
+        service = build_service(spec)
+    except ConfigurationError as exc:
+        logger.error(str(exc))
+        return EXIT_CONFIG
     ctx = RuntimeContext(
         name=name,
         topology=config.topology(),

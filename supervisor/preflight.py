@@ -33,9 +33,16 @@ def problems(config: Config) -> list[str]:
     topology = config.topology()
     for spec in config.enabled:
         try:
-            build_service(spec).check(topology, spec.settings)
-        except ModuleNotFoundError as exc:
-            found.append(f"services.{spec.name}.module: cannot import {spec.module} ({exc})")
+            service = build_service(spec)
+        except ConfigurationError as exc:
+            found.append(str(exc))
+            continue
+        except Exception as exc:  # whatever importing or building it raises
+            found.append(f"services.{spec.name}.module: cannot build {spec.module} ({exc!r})")
+            continue
+        service.name = spec.name
+        try:
+            service.check(topology, spec.settings)
         except ConfigurationError as exc:
             found += str(exc).splitlines()
     return found

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from protocol.runtime import EXIT_CONFIG
 from supervisor.config import RestartPolicy, ServiceSpec
 
 
@@ -139,6 +140,10 @@ class ServiceProcess:
         ran_for = now - self.ready_at if self.ready_at is not None else 0.0
         if reason == "shutdown":
             self.transition(State.STOPPED, self.last_exit)
+            return None
+        if returncode == EXIT_CONFIG and self.state is State.STARTING:
+            # It said what is wrong with its configuration: restarting cannot help.
+            self.transition(State.FATAL, f"{self.last_exit}: configuration problem")
             return None
         if reason == "restart":  # asked for by an operator: not a failure
             self._backoff_attempt = 0

@@ -171,11 +171,9 @@ class Supervisor:
                 del self._children[name]
                 self.effects.forget(child.pid)
                 self._gone[name].set()
-                never_ready = proc.state is State.STARTING
                 decision = proc.exited(returncode, self.effects.now())
-                if returncode == EXIT_CONFIG and never_ready:
-                    # Its configuration is wrong (it said what, one line per problem):
-                    # restarting cannot help, so start-up stops here.
+                if proc.state is State.FATAL and returncode == EXIT_CONFIG:
+                    # It said what is wrong, one line per problem: start-up stops here.
                     logger.error("{}: configuration problem (see above): stopping", name)
                     self._note_change()
                     self.stop(2)
