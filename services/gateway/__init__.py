@@ -1,5 +1,5 @@
-"""The gateway service: the only holder of the Discord connection."""
+"""The gateway service: the only holder of the Discord connection (see service.py)."""
 
-from services.gateway.service import service
+from services.gateway.service import build
 
-__all__ = ["service"]
+__all__ = ["build"]

@@ -1,9 +1,9 @@
 """The Discord connection: py-cord's client, with two small additions.
 
 1. Every DISPATCH frame is handed raw, in order and with its sequence number,
-   to a sink (`GatewaySocket.log_receive` is py-cord's hook for the decoded
-   frame), so the service converts Discord's own JSON and never depends on
-   py-cord's cache.
+   to the client's `on_dispatch` (`GatewaySocket.log_receive` is py-cord's hook
+   for the decoded frame), so the service converts Discord's own JSON and never
+   depends on py-cord's cache.
 2. A new process can RESUME the session its predecessor left (`resume_from`):
    py-cord only resumes within one process, so its first connect is turned
    into a RESUME when a saved session exists.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import discord
 import discord.client
@@ -30,10 +30,10 @@ RawSink = Callable[[dict[str, Any]], None]
 
 
 class GatewaySocket(DiscordWebSocket):
-    sink: ClassVar[RawSink | None] = None
+    sink: RawSink | None = None  # the client's on_dispatch, set in from_client
 
     def log_receive(self, msg: Any, /) -> None:
-        sink = GatewaySocket.sink
+        sink = self.sink
         if sink is None:
             return
         try:
@@ -62,7 +62,9 @@ class GatewaySocket(DiscordWebSocket):
             params.update(session=saved.session_id, sequence=saved.seq, resume=True)
             if saved.resume_url:  # Discord asks for resumes to go to this URL
                 params["gateway"] = f"{saved.resume_url}?encoding=json&v=10&compress=zlib-stream"
-        return await super().from_client(client, initial=initial, **params)
+        ws = await super().from_client(client, initial=initial, **params)
+        ws.sink = getattr(client, "on_dispatch", None)
+        return ws
 
 
 # py-cord's Client.connect() builds its socket from this module global.
@@ -79,10 +81,16 @@ def intents() -> discord.Intents:
 
 class GatewayClient(discord.Client):
     def __init__(
-        self, *, identify_delay_s: float, on_state: Callable[[str], None], **options: Any
+        self,
+        *,
+        identify_delay_s: float,
+        on_state: Callable[[str], None],
+        on_dispatch: RawSink,
+        **options: Any,
     ) -> None:
         super().__init__(intents=intents(), cache_default_sounds=False, **options)
         self.identify_delay_s = identify_delay_s
+        self.on_dispatch = on_dispatch
         self.resume_from: SavedSession | None = None
         self._on_state = on_state
 

@@ -1,26 +1,31 @@
-"""Slash commands: registered from the catalogue, each invocation routed to its owner.
+"""Slash commands: registered from their declarations, each invocation checked against
+its permission tier and routed to its owner.
 
 Discord fails an interaction that is not acknowledged within 3 s. So: a command
 declared slow is deferred at once and its answer edits the original response;
 any other is given 2 s to answer; and when the owner is down (its channel is
 not connected or its breaker is open) the user gets an ephemeral "restarting"
-answer at once instead of a failed interaction.
+answer at once instead of a failed interaction. A caller below the command's
+tier gets an ephemeral reason, and the owner is never asked.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.commands import CATALOGUE, Command
+from protocol.commands import CATALOGUE, Command, Tier, runnable_by
+from protocol.discord import MESSAGE_LIMIT, NO_PINGS
 
 ADMINISTRATOR = 1 << 3
 MANAGE_GUILD = 1 << 5
 EPHEMERAL = 1 << 6
 RESPOND_WITH_MESSAGE = 4
 RESPOND_DEFERRED = 5
-NO_PINGS = {"parse": []}
+# Discord's interaction contexts: a guild, the bot's DM, other private channels.
+GUILD_ONLY, ANYWHERE = [0], [0, 1, 2]
 
 RESTARTING = "That part of the bot is restarting, try again in a few seconds."
 TOO_SLOW = "That took too long to answer, try again shortly."
@@ -35,10 +40,11 @@ def command_payload(names: list[str]) -> list[dict[str, Any]]:
 
 
 def _payload(cmd: Command) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "name": cmd.name,
         "description": cmd.description,
         "type": 1,
+        "contexts": ANYWHERE if cmd.tier is Tier.PUBLIC else GUILD_ONLY,
         "options": [
             {
                 "name": o.name,
@@ -49,6 +55,11 @@ def _payload(cmd: Command) -> dict[str, Any]:
             for o in cmd.options
         ],
     }
+    if cmd.tier in (Tier.ADMIN, Tier.OWNER):
+        # Discord hides it from members without Manage Server (admins may override per
+        # role in Server Settings); the gateway checks the tier itself either way.
+        payload["default_member_permissions"] = str(MANAGE_GUILD)
+    return payload
 
 
 @dataclass
@@ -62,8 +73,17 @@ class Invocation:
     user_name: str
     channel_id: str | None
     guild_id: str | None
-    is_admin: bool
+    is_admin: bool  # Manage Server or Administrator in this guild
+    roles: tuple[str, ...]
     created: float
+
+    def tier(self, owner_ids: Collection[str], admin_roles: Collection[str]) -> Tier:
+        """The caller's highest permission tier."""
+        if self.user_id in owner_ids:
+            return Tier.OWNER
+        if self.is_admin or any(r in admin_roles for r in self.roles):
+            return Tier.ADMIN
+        return Tier.MEMBER if self.guild_id else Tier.PUBLIC
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> Invocation | None:
@@ -88,6 +108,7 @@ class Invocation:
             channel_id=str(d["channel_id"]) if d.get("channel_id") else None,
             guild_id=str(d["guild_id"]) if d.get("guild_id") else None,
             is_admin=bool(perms & (ADMINISTRATOR | MANAGE_GUILD)),
+            roles=tuple(str(r) for r in member.get("roles") or []),
             created=time.monotonic(),
         )
 
@@ -95,9 +116,18 @@ class Invocation:
 def message_data(
     content: str, embeds: list[dict[str, Any]] | None = None, ephemeral: bool = False
 ) -> dict[str, Any]:
-    data: dict[str, Any] = {"content": content[:2000], "allowed_mentions": NO_PINGS}
+    data: dict[str, Any] = {"content": content[:MESSAGE_LIMIT], "allowed_mentions": NO_PINGS}
     if embeds:
         data["embeds"] = embeds
     if ephemeral:
         data["flags"] = EPHEMERAL
     return data
+
+
+def help_text(tier: Tier, enabled: Collection[str]) -> str:
+    """/help: exactly the commands this caller may run, from their declarations."""
+    lines = [f"Commands you can run here ({tier.value}):"]
+    for cmd in runnable_by(tier, enabled):
+        options = " ".join(f"{o.name}:" if o.required else f"[{o.name}:]" for o in cmd.options)
+        lines.append(f"- `/{cmd.name}{' ' + options if options else ''}` {cmd.description}")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""What one gateway process holds: shared by its service, its actions and its tests."""
+"""What one gateway process holds: built once by `build()`, shared by its service, its
+actions and its tests."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ class Position:
 
 
 class Gateway:
-    """The state one gateway process holds; module-level so handlers read top to bottom."""
+    """The state one gateway process holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.client: GatewayClient | None = None
         self.guilds = GuildState()
         self.session_file: SessionFile | None = None
@@ -52,12 +53,9 @@ class Gateway:
         self.unanswered: dict[str, int] = {}  # interaction id -> its sequence number
         self.tg: TaskGroup | None = None
         self.request_timeout_s = 15.0
-        self.clock = Clock()  # replaced by the service's own at start
+        self.clock = clock  # the service's: the sandbox moves it
         self.logged_in = False
 
     def http(self) -> Any:
         assert self.client is not None
         return self.client.http
-
-
-gw = Gateway()
