@@ -1,7 +1,5 @@
 """The status embed, alerts, /status and /restart; see service.py."""
 
-from services.heartbeat.service import create_service
+from services.heartbeat.service import build
 
-service = create_service()
-
-__all__ = ["create_service", "service"]
+__all__ = ["build"]

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.messages import SupervisorStatus
+
 FLAP_RESTARTS = 3
 FLAP_WINDOW_S = 600.0
 HYSTERESIS_PERCENT = 5.0  # memory at 91 % then 89 % is not an alert and a recovery
@@ -62,20 +64,20 @@ class AlertDetector:
 
     def check(
         self,
-        status: dict[str, Any],
+        status: SupervisorStatus,
         memory_percent: float | None = None,
         disk_percent: float | None = None,
     ) -> list[Alert]:
         now = self.now()
         alerts: list[Alert] = []
-        sup_pid = (status.get("supervisor") or {}).get("pid")
+        sup_pid = status.supervisor.get("pid")
         if self.supervisor_pid is not None and sup_pid != self.supervisor_pid:
             # A new supervisor counts restarts from zero: start over, and say so.
             alerts.append(Alert(f"bot-restart:{sup_pid}", "The whole bot restarted."))
             self.seen, self.restart_times = {}, {}
             self.active = {k for k in self.active if k in ("memory", "disk")}
         self.supervisor_pid = sup_pid
-        services = status.get("services") or []
+        services = status.services
         for svc in services:
             alerts += self._service(svc, now)
         alerts += self._breakers(services)

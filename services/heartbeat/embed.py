@@ -10,6 +10,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.discord import ConnectionState
+from protocol.messages import SupervisorStatus
+from protocol.store import Usage
 from services.heartbeat.health import HostSample, duration
 
 GREEN, YELLOW, RED = 0x57F287, 0xFEE75C, 0xED4245
@@ -22,16 +25,16 @@ NOT_ERRORS = {"ok", "cache_hit", "rate_limited_user", "prompt_too_long", "contex
 @dataclass
 class Snapshot:
     at: float  # wall seconds
-    status: dict[str, Any] | None  # the supervisor's answer; None when it did not answer
+    status: SupervisorStatus | None  # the supervisor's latest; None when it fell silent
     host: HostSample | None = None
     cpu: dict[int, float | None] = field(default_factory=dict)
-    connection: dict[str, Any] | None = None  # the last ConnectionState body
+    connection: ConnectionState | None = None  # the gateway's latest
     db_bytes: int | None = None
-    llm: dict[str, Any] | None = None  # the UsageRequest answer for the last hour
+    llm: Usage | None = None  # the model usage of the last hour
 
     @property
     def services(self) -> list[dict[str, Any]]:
-        return list((self.status or {}).get("services") or [])
+        return [] if self.status is None else list(self.status.services)
 
     def open_breakers(self) -> list[str]:
         return [
@@ -50,15 +53,14 @@ class Snapshot:
         return "ok"
 
 
-def llm_numbers(usage: dict[str, Any] | None) -> tuple[int, float | None, float | None]:
-    """(exchanges, p50 latency ms, error rate) from a UsageRequest answer."""
-    if not usage:
+def llm_numbers(usage: Usage | None) -> tuple[int, float | None, float | None]:
+    """(exchanges, p50 latency ms, error rate) from the model usage."""
+    if usage is None:
         return 0, None, None
-    n = int(usage.get("exchanges") or 0)
-    by_outcome = usage.get("by_outcome") or {}
-    errors = sum(v for k, v in by_outcome.items() if k not in NOT_ERRORS)
-    rate = errors / n if n and by_outcome else None
-    return n, usage.get("latency_p50_ms"), rate
+    n = usage.exchanges
+    errors = sum(v for k, v in usage.by_outcome.items() if k not in NOT_ERRORS)
+    rate = errors / n if n and usage.by_outcome else None
+    return n, usage.latency_p50_ms, rate
 
 
 def connection_text(snap: Snapshot) -> str:
@@ -66,9 +68,9 @@ def connection_text(snap: Snapshot) -> str:
     conn = snap.connection
     if conn is None:
         return "unknown"
-    latency = conn.get("latency_ms")
-    text = f"{conn.get('state')}" + ("" if latency is None else f" · {latency:.0f} ms")
-    silent = snap.at - float(conn.get("at") or snap.at)
+    latency = conn.latency_ms
+    text = conn.state + ("" if latency is None else f" · {latency:.0f} ms")
+    silent = snap.at - (conn.at or snap.at)
     return text + (f"\n(last heard {duration(silent)} ago)" if silent > STALE_CONNECTION_S else "")
 
 
@@ -101,7 +103,7 @@ def status_embed(snap: Snapshot) -> dict[str, Any]:
     level = snap.level()
     fields = []
     if snap.status is not None:
-        sup = snap.status.get("supervisor") or {}
+        sup = snap.status.supervisor
         fields.append(
             {
                 "name": "Bot",
@@ -161,7 +163,7 @@ def summary_text(snap: Snapshot) -> str:
     text = {"ok": "Healthy", "degraded": "Degraded", "down": "Having trouble"}[snap.level()]
     parts = [f"{text}: {running}/{len(services)} services running"]
     if snap.status is not None:
-        parts.append(f"up {duration((snap.status.get('supervisor') or {}).get('uptime_s'))}")
+        parts.append(f"up {duration(snap.status.supervisor.get('uptime_s'))}")
     if snap.connection is not None:
         parts.append("Discord " + connection_text(snap).replace("\n", " "))
     return " · ".join(parts)

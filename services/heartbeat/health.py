@@ -79,5 +79,5 @@ def duration(seconds: float | None) -> str:
     return f"{minutes}m {s}s" if minutes else f"{s}s"
 
 
-def service_pids(status: dict[str, Any]) -> list[int]:
-    return [int(s["pid"]) for s in status.get("services") or [] if s.get("pid")]
+def service_pids(services: list[dict[str, Any]]) -> list[int]:
+    return [int(s["pid"]) for s in services if s.get("pid")]

@@ -1,11 +1,15 @@
 """The heartbeat service: one status embed for admins, alerts when something breaks.
 
-Listens to: `discord.connection` (state, latency), `discord.guild.ready` (to find
-the admin channel), and the `/status` and `/restart` commands.
-Does: every `check_s` asks the supervisor for its status, reads host and
-per-process numbers (health.py) and looks for crashes, FATAL services,
-flapping, open breakers, memory and disk (alerts.py); every `interval_s` edits
-the status embed in place (embed.py) and pings the dead-man's switch while healthy.
+Listens to: `supervisor.status` (every service's state, pushed at each transition
+and every few seconds), `discord.connection` (state, latency), `discord.guild.ready`
+(to find the admin channel; retained, so it arrives at start too), and the
+`/status` and `/restart` commands.
+Does: looks at each status it gets, with the host's memory and disk (sampled every
+`check_s`, health.py), for crashes, FATAL services, flapping, open breakers, memory
+and disk (alerts.py); every `interval_s` edits the status embed in place (embed.py)
+and pings the dead-man's switch while healthy. /status is a short line for anyone
+and the full table for admins; /restart (admins only: the gateway checks the tier)
+asks the supervisor.
 Sends: the embed, grouped alert messages (pinging only the configured role) and
 presence-free answers to the gateway; restart requests to the supervisor; its
 embed's message id and alert state to persistence, so a restart neither
@@ -15,10 +19,8 @@ reposts the embed nor loses or repeats an alert.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import anyio
@@ -26,32 +28,30 @@ from anyio.abc import TaskGroup
 from loguru import logger
 
 from protocol.breaker import BreakerOpen
-from protocol.channel import RemoteError, RequestTimeout
+from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
+from protocol.clock import Clock
 from protocol.discord import (
+    NO_PINGS,
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
     EditMessage,
-    GuildInfoRequest,
     GuildReady,
     SendMessage,
 )
-from protocol.messages import RestartRequest, StatusRequest
+from protocol.messages import RestartRequest, SupervisorStatus
 from protocol.runtime import Service
-from protocol.store import KvGet, KvSet, StoreCounts, UsageRequest
+from protocol.store import KvGet, KvSet, StoreCounts, Usage, UsageRequest
 from services.heartbeat.alerts import Alert, AlertDetector, AlertGroup, Thresholds, alert_message
 from services.heartbeat.embed import Snapshot, status_embed, summary_text
-from services.heartbeat.health import ProcessCpu, host_sample, service_pids
+from services.heartbeat.health import HostSample, ProcessCpu, host_sample, service_pids
+from services.heartbeat.settings import Settings
 
-GATEWAY = "gateway"
-STORE = "persistence"
-SUPERVISOR = "supervisor"
 NAMESPACE = "heartbeat"
-UNREACHABLE = (RequestTimeout, BreakerOpen, RemoteError)
-NO_PINGS: dict[str, Any] = {"parse": []}
 TICK_S = 0.25
+# The supervisor pushes its status every 5 s: silent this long, it is not answering.
+STATUS_STALE_S = 20.0
 _UNKNOWN_MESSAGE = re.compile(r"unknown message|10008|not.?found|404", re.IGNORECASE)
-T = TypeVar("T")
 
 
 def message_was_deleted(exc: RemoteError) -> bool:
@@ -59,136 +59,91 @@ def message_was_deleted(exc: RemoteError) -> bool:
 
 
 class Heartbeat:
-    def __init__(
-        self,
-        service: Service,
-        wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
-        self.wall = wall
-        self.monotonic = monotonic
-        self.detector = AlertDetector(wall)
-        self.group = AlertGroup(monotonic)
+        self.clock = service.clock
+        self.detector = AlertDetector(self.clock.wall)
+        self.group = AlertGroup(self.clock.monotonic)
         self.cpu = ProcessCpu()
-        self.connection: dict[str, Any] | None = None
+        self.status: SupervisorStatus | None = None
+        self.status_at = 0.0  # monotonic
+        self.host: HostSample | None = None
+        self.connection: ConnectionState | None = None
         self.channels: list[dict[str, Any]] = []
-        self.guild_known = anyio.Event()
         self.admin_channel_id: str | None = None
         self.status_message: dict[str, str] | None = None  # {channel_id, message_id}
+        self.state_loaded = False
         self.state_dirty = False
-        self.last: Snapshot | None = None
         self.db_bytes: int | None = None
-        self.llm: dict[str, Any] | None = None
+        self.llm: Usage | None = None
         self._deadman_busy = False
-        self.configure({})
+        self.configure(service.settings)
 
-    def configure(self, settings: dict[str, Any]) -> None:
-        self.interval_s = float(settings.get("interval_s", 30))
-        self.check_s = float(settings.get("check_s", min(5.0, self.interval_s)))
-        self.group.group_s = float(settings.get("alert_group_s", 5))
-        self.admin_channel = str(settings.get("admin_channel", "admin"))
-        role = settings.get("alert_role_id")
-        self.alert_role_id: str | None = str(role) if role else None
-        self.owner_ids = {str(u) for u in settings.get("owner_ids", [])}
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    def configure(self, settings: Settings) -> None:
+        self.group.group_s = settings.alert_group_s
         self.detector.thresholds = Thresholds(
-            memory_percent=float(settings.get("memory_alert_percent", 90)),
-            disk_percent=float(settings.get("disk_alert_percent", 90)),
-            flap_restarts=int(settings.get("flap_restarts", 3)),
-            flap_window_s=float(settings.get("flap_window_s", 600)),
+            memory_percent=settings.memory_alert_percent,
+            disk_percent=settings.disk_alert_percent,
+            flap_restarts=settings.flap_restarts,
+            flap_window_s=settings.flap_window_s,
         )
-        self.deadman_url: str | None = settings.get("deadman_url") or None
-        self.state_wait_s = float(settings.get("state_wait_s", 30))
+        self.resolve_admin_channel()
+
+    def disk_path(self) -> Path:
         ctx = self.service.ctx
-        self.disk_path = Path(settings.get("disk_path") or (ctx.data_dir if ctx else "/"))
+        return Path(self.settings.disk_path or (ctx.data_dir if ctx else "/"))
 
     # --- what it listens to ---------------------------------------------------------
 
+    async def on_status(self, msg: SupervisorStatus) -> None:
+        self.status, self.status_at = msg, self.clock.monotonic()
+        if self.state_loaded:  # else the alert state of the previous run comes first
+            self.detect()
+
     async def on_connection(self, msg: ConnectionState) -> None:
-        self.connection = msg.to_body()
+        self.connection = msg
 
     async def on_guild_ready(self, msg: GuildReady) -> None:
-        self.learn_guild(msg.to_body())
+        self.channels = list(msg.channels)
+        self.resolve_admin_channel()
 
-    def learn_guild(self, body: dict[str, Any]) -> None:
-        self.channels = list(body.get("channels") or [])
-        if self.admin_channel.isdigit():
-            self.admin_channel_id = self.admin_channel
-        else:
-            wanted = self.admin_channel.casefold()
-            for ch in self.channels:
-                if str(ch.get("name", "")).casefold() == wanted:
-                    self.admin_channel_id = str(ch["id"])
-        self.guild_known.set()
+    async def on_status_command(self, msg: CommandInvoked) -> CommandAnswer:
+        snap = self.snapshot()
+        if msg.by_admin:
+            return CommandAnswer(embeds=[status_embed(snap)], ephemeral=True)
+        return CommandAnswer(summary_text(snap), ephemeral=True)
 
-    async def on_command(self, msg: CommandInvoked) -> CommandAnswer:
-        if msg.command == "status":
-            snap = await self.fresh_snapshot()
-            if self.is_admin(msg):
-                return CommandAnswer(embeds=[status_embed(snap)], ephemeral=True)
-            return CommandAnswer(summary_text(snap), ephemeral=True)
-        if msg.command == "restart":
-            if not self.is_admin(msg):
-                return CommandAnswer("Only admins can restart services.", ephemeral=True)
-            return CommandAnswer(
-                await self.restart(str(msg.options.get("service", ""))), ephemeral=True
-            )
-        return CommandAnswer(f"heartbeat does not answer /{msg.command}", ephemeral=True)
+    async def on_restart_command(self, msg: CommandInvoked) -> CommandAnswer:
+        return CommandAnswer(
+            await self.restart(str(msg.options.get("service", ""))), ephemeral=True
+        )
 
-    def is_admin(self, msg: CommandInvoked) -> bool:
-        return msg.is_admin or msg.user_id in self.owner_ids
+    def resolve_admin_channel(self) -> None:
+        wanted = self.settings.admin_channel
+        if wanted.isdigit():
+            self.admin_channel_id = wanted
+            return
+        self.admin_channel_id = next(
+            (
+                str(ch["id"])
+                for ch in self.channels
+                if str(ch.get("name", "")).casefold() == wanted.lstrip("#").casefold()
+            ),
+            None,
+        )
 
     # --- what it does ---------------------------------------------------------------
 
-    async def watch(self) -> None:
-        """Check often, flush grouped alerts when due, refresh the embed each interval."""
-        await self.load_state()
-        next_check = next_embed = self.monotonic()
-        async with aiohttp.ClientSession() as http, anyio.create_task_group() as pings:
-            while True:
-                now = self.monotonic()
-                if now >= next_check:
-                    next_check = now + self.check_s
-                    await self.check()
-                if self.group.due():
-                    await self.flush_alerts()
-                if self.state_dirty:
-                    await self.save_state()
-                if now >= next_embed and self.last is not None:
-                    next_embed = now + self.interval_s
-                    await self.refresh_store_numbers()
-                    await self.update_embed(self.last)
-                    self.ping_deadman(pings, http)
-                await anyio.sleep(TICK_S)
-
-    async def collect(self) -> Snapshot:
-        """The supervisor's status and host numbers (db and LLM numbers are kept)."""
-        try:
-            status: dict[str, Any] | None = await self.service.call(
-                SUPERVISOR, StatusRequest(), timeout=2
-            )
-        except UNREACHABLE as exc:
-            logger.warning("supervisor status unavailable: {}", exc)
-            status = None
-        snap = Snapshot(
-            at=self.wall(),
-            status=status,
-            host=host_sample(self.disk_path),
-            cpu=self.cpu.read(service_pids(status or {})),
-            connection=self.connection,
-            db_bytes=self.db_bytes,
-            llm=self.llm,
-        )
-        self.last = snap
-        return snap
-
-    async def check(self) -> list[Alert]:
-        snap = await self.collect()
-        if snap.status is None:
-            return []
-        host = snap.host
+    def detect(self) -> list[Alert]:
+        """What changed since the previous status (and the host's latest numbers)."""
+        assert self.status is not None
+        host = self.host
         alerts = self.detector.check(
-            snap.status,
+            self.status,
             memory_percent=host.memory_percent if host else None,
             disk_percent=host.disk_percent if host else None,
         )
@@ -198,40 +153,71 @@ class Heartbeat:
             self.state_dirty = True
         return alerts
 
-    async def fresh_snapshot(self) -> Snapshot:
-        if self.last is not None and self.wall() - self.last.at < 2 * self.check_s:
-            return self.last
-        return await self.collect()
+    async def watch(self) -> None:
+        """Sample the host, flush grouped alerts when due, refresh the embed each interval."""
+        await self.load_state()
+        if self.status is not None:
+            self.detect()  # what happened while this service was down
+        next_sample = next_embed = self.clock.monotonic()
+        async with aiohttp.ClientSession() as http, anyio.create_task_group() as pings:
+            while True:
+                now = self.clock.monotonic()
+                if now >= next_sample:
+                    next_sample = now + self.settings.check_s
+                    self.host = host_sample(self.disk_path())
+                if self.group.due():
+                    await self.flush_alerts()
+                if self.state_dirty:
+                    await self.save_state()
+                if now >= next_embed and self.status is not None:
+                    next_embed = now + self.settings.interval_s
+                    await self.refresh_store_numbers()
+                    snap = self.snapshot()
+                    await self.update_embed(snap)
+                    self.ping_deadman(pings, http, snap)
+                await anyio.sleep(TICK_S)
+
+    def snapshot(self) -> Snapshot:
+        """Everything gathered, as one picture for the embed and /status."""
+        fresh = self.clock.monotonic() - self.status_at < STATUS_STALE_S
+        status = self.status if fresh else None
+        return Snapshot(
+            at=self.clock.wall(),
+            status=status,
+            host=self.host,
+            cpu=self.cpu.read(service_pids(status.services if status else [])),
+            connection=self.connection,
+            db_bytes=self.db_bytes,
+            llm=self.llm,
+        )
 
     async def refresh_store_numbers(self) -> None:
         try:
-            counts = await self.service.call(STORE, StoreCounts(), timeout=2)
-            self.db_bytes = counts.get("db_bytes")
-            self.llm = await self.service.call(
-                STORE, UsageRequest(since=self.wall() - 3600), timeout=2
-            )
+            counts = await self.service.call("persistence", StoreCounts(), timeout=2)
+            since = self.clock.wall() - 3600
+            self.llm = await self.service.call("persistence", UsageRequest(since), timeout=2)
+            self.db_bytes = counts.db_bytes
         except UNREACHABLE as exc:
             logger.info("store numbers unavailable: {}", exc)
             self.db_bytes = self.llm = None
-        if self.last is not None:
-            self.last.db_bytes, self.last.llm = self.db_bytes, self.llm
 
     async def restart(self, name: str) -> str:
         if not name:
             return "Name the service to restart."
         try:
-            body = await self.service.call(SUPERVISOR, RestartRequest(name), timeout=5)
+            outcome = await self.service.call("supervisor", RestartRequest(name), timeout=5)
         except UNREACHABLE as exc:
             return f"The supervisor did not answer: {exc}"
-        return ("Restarting: " if body.get("ok") else "Not restarted: ") + str(body.get("detail"))
+        return ("Restarting: " if outcome.ok else "Not restarted: ") + outcome.detail
 
-    def ping_deadman(self, tg: TaskGroup, http: aiohttp.ClientSession) -> None:
+    def ping_deadman(self, tg: TaskGroup, http: aiohttp.ClientSession, snap: Snapshot) -> None:
         """Tell the outside watcher we are alive, only while healthy, never waiting on it."""
-        healthy = self.last is not None and self.last.level() == "ok" and self.detector.healthy
-        if not self.deadman_url or not healthy or self._deadman_busy:
+        url = self.settings.deadman_url
+        healthy = snap.level() == "ok" and self.detector.healthy
+        if not url or not healthy or self._deadman_busy:
             return
         self._deadman_busy = True
-        tg.start_soon(self._ping, http, self.deadman_url)
+        tg.start_soon(self._ping, http, url)
 
     async def _ping(self, http: aiohttp.ClientSession, url: str) -> None:
         try:
@@ -250,10 +236,10 @@ class Heartbeat:
         if self.admin_channel_id is None:
             self.group.put_back(alerts)
             return
-        content, allowed = alert_message(alerts, self.alert_role_id)
+        content, allowed = alert_message(alerts, self.settings.alert_role_id)
         msg = SendMessage(self.admin_channel_id, content, allowed_mentions=allowed)
         try:
-            await self.service.call(GATEWAY, msg, timeout=10)
+            await self.service.call("gateway", msg, timeout=10)
         except UNREACHABLE as exc:
             logger.warning("alerts not sent, kept for the next try: {}", exc)
             self.group.put_back(alerts)
@@ -273,7 +259,7 @@ class Heartbeat:
                 channel, known["message_id"], embeds=[embed], allowed_mentions=NO_PINGS
             )
             try:
-                await self.service.call(GATEWAY, edit, timeout=10)
+                await self.service.call("gateway", edit, timeout=10)
                 return
             except RemoteError as exc:
                 if not message_was_deleted(exc):
@@ -283,18 +269,15 @@ class Heartbeat:
             except (RequestTimeout, BreakerOpen) as exc:
                 logger.info("status edit failed: {}", exc)
                 return
+        post = SendMessage(channel, embeds=[embed], allowed_mentions=NO_PINGS)
         try:
-            body = await self.service.call(
-                GATEWAY, SendMessage(channel, embeds=[embed], allowed_mentions=NO_PINGS), timeout=10
-            )
+            sent = await self.service.call("gateway", post, timeout=10)
         except UNREACHABLE as exc:
             logger.info("status message not posted: {}", exc)
             return
-        message_id = body.get("id") or body.get("message_id")
-        if message_id:
-            self.status_message = {"channel_id": channel, "message_id": str(message_id)}
-            self.state_dirty = True
-            await self.save_state()
+        self.status_message = {"channel_id": channel, "message_id": sent.message_id}
+        self.state_dirty = True
+        await self.save_state()
 
     # --- state in persistence -------------------------------------------------------
 
@@ -303,20 +286,18 @@ class Heartbeat:
         `state_wait_s` for persistence (it may be restarting too), then goes on without:
         status and alerts matter most exactly when things are down, and the price is
         one extra embed and a fresh alert baseline."""
-        delay, waited = 0.5, 0.0
-        while True:
-            try:
-                message = await self._kv_get("status_message")
-                alerts = await self._kv_get("alerts")
-                break
-            except UNREACHABLE as exc:
-                if waited >= self.state_wait_s:
-                    logger.warning("persistence unavailable: starting without saved state")
-                    return
-                logger.info("persistence unavailable, retrying in {:.1f}s: {}", delay, exc)
-            await anyio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
+
+        async def load() -> tuple[Any, Any]:
+            return await self._kv_get("status_message"), await self._kv_get("alerts")
+
+        saved = await self.service.patiently(
+            load, "saved state", give_up_after_s=self.settings.state_wait_s
+        )
+        self.state_loaded = True
+        if saved is None:
+            logger.warning("persistence unavailable: starting without saved state")
+            return
+        message, alerts = saved
         if isinstance(message, dict) and message.get("message_id"):
             self.status_message = {k: str(v) for k, v in message.items()}
         if isinstance(alerts, dict):
@@ -337,51 +318,25 @@ class Heartbeat:
             return
         self.state_dirty = False
 
-    async def learn_guild_at_start(self) -> None:
-        body = await self._patiently(
-            lambda: self.service.call(GATEWAY, GuildInfoRequest(), timeout=5), self.guild_known
-        )
-        if body is not None and not self.guild_known.is_set():
-            self.learn_guild(body)
-
-    async def _patiently(self, call: Callable[[], Awaitable[T]], until: anyio.Event) -> T | None:
-        delay = 0.5
-        while not until.is_set():
-            try:
-                return await call()
-            except UNREACHABLE as exc:
-                logger.info("gateway unavailable, retrying in {:.1f}s: {}", delay, exc)
-            with anyio.move_on_after(delay):
-                await until.wait()
-            delay = min(delay * 2, 10.0)
-        return None
-
     async def _kv_get(self, key: str) -> Any:
-        body = await self.service.call(STORE, KvGet(NAMESPACE, key), timeout=2)
-        return body.get("value")
+        found = await self.service.call("persistence", KvGet(NAMESPACE, key), timeout=2)
+        return found.value
 
     async def _kv_set(self, key: str, value: Any) -> None:
-        await self.service.call(STORE, KvSet(NAMESPACE, key, value), timeout=2)
+        await self.service.call("persistence", KvSet(NAMESPACE, key, value), timeout=2)
 
 
-def build(
-    wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
-) -> tuple[Service, Heartbeat]:
+def build(clock: Clock | None = None) -> tuple[Service, Heartbeat]:
     """A fresh service and its state (tests build one per simulated process run)."""
-    service = Service("heartbeat")
-    heartbeat = Heartbeat(service, wall, monotonic)
+    service = Service("heartbeat", Settings, clock)
+    heartbeat = Heartbeat(service)
+    service.on_settings(heartbeat.configure)
+
+    service.event(SupervisorStatus)(heartbeat.on_status)
     service.event(ConnectionState)(heartbeat.on_connection)
     service.event(GuildReady)(heartbeat.on_guild_ready)
-    service.request(CommandInvoked)(heartbeat.on_command)
+    service.command("status")(heartbeat.on_status_command)
+    service.command("restart")(heartbeat.on_restart_command)
 
-    @service.setup
-    async def configure() -> None:
-        heartbeat.configure(service.settings)
-
-    service.task(heartbeat.learn_guild_at_start)
     service.task(heartbeat.watch)
     return service, heartbeat
-
-
-def create_service() -> Service:
-    return build()[0]

@@ -1,7 +1,5 @@
 """The bot's rotating presence; see service.py."""
 
-from services.presence.service import create_service
+from services.presence.service import build
 
-service = create_service()
-
-__all__ = ["create_service", "service"]
+__all__ = ["build"]

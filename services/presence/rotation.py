@@ -1,8 +1,9 @@
 """What the bot's presence says: rotating activity texts and a status from health.
 
-Discord takes about five presence updates a minute, so the rotation interval is
-clamped to at least 15 s (four a minute, with margin). A template whose value is
-not known yet (no counts from the gateway) is skipped rather than shown empty.
+Discord takes about five presence updates a minute, so updates are at least 15 s
+apart (four a minute, with margin): the rotation interval's minimum, and the
+spacing of updates that show a change of health. A template whose value is not
+known yet (no counts from the gateway) is skipped rather than shown empty.
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from protocol.messages import SupervisorStatus
+
 MIN_INTERVAL_S = 15.0
 ACTIVITY_MAX = 128
 
 
-def clamp_interval(seconds: float) -> float:
-    return max(MIN_INTERVAL_S, float(seconds))
-
-
-def presence_status(status: dict[str, Any]) -> str:
+def presence_status(status: SupervisorStatus) -> str:
     """dnd when a critical service is FATAL, idle when any service is not running."""
-    services = status.get("services") or []
+    services = status.services
     if any(s.get("state") == "FATAL" and s.get("critical") for s in services):
         return "dnd"
     if any(s.get("state") != "RUNNING" for s in services):

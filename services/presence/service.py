@@ -1,148 +1,152 @@
 """The presence service: the bot's activity text and online/idle/dnd status.
 
-Listens to: `discord.guild.counts` (member and online numbers) and
-`discord.guild.ready` (a reconnect: the presence must be sent again).
-Does: every `interval_s` (at least 15 s) takes the next template with
-the newest numbers (rotation.py) and a status from the supervisor's view of the
-services: idle while degraded, dnd while a critical service is FATAL. Health is
-polled every `health_poll_s`, so a change shows without waiting a whole interval.
+Listens to: `supervisor.status` (every service's state, pushed at each change),
+`discord.guild.counts` (member and online numbers) and `discord.guild.ready` (a new
+gateway session starts without a presence: it must be sent again). All three are
+retained, so they arrive at start too.
+Does: every `interval_s` (at least 15 s) takes the next template with the newest
+numbers (rotation.py) and a status from the services' health: idle while
+degraded, dnd while a critical service is FATAL. A change of health shows at
+once, but never within 15 s of the previous update.
 Sends: SetPresence to the gateway when it would change anything; a failed one is
-simply superseded by the next tick's newer value. Asks the supervisor for its
-status and the gateway for counts when no event has brought them.
+simply superseded by the next update's newer value.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
-from typing import Any
 
 import anyio
 from loguru import logger
 
-from protocol.breaker import BreakerOpen
-from protocol.channel import RemoteError, RequestTimeout
-from protocol.discord import CountsRequest, GuildCounts, GuildReady, SetPresence
-from protocol.messages import StatusRequest
+from protocol.channel import UNREACHABLE
+from protocol.clock import Clock
+from protocol.discord import COUNT_FIELDS, GuildCounts, GuildReady, SetPresence
+from protocol.messages import SupervisorStatus
 from protocol.runtime import Service
-from services.presence.rotation import (
-    MIN_INTERVAL_S,
-    Rotation,
-    clamp_interval,
-    presence_status,
-    uptime_text,
-)
+from services.presence.rotation import MIN_INTERVAL_S, Rotation, presence_status, uptime_text
+from services.presence.settings import Settings
 
-GATEWAY = "gateway"
-SUPERVISOR = "supervisor"
-UNREACHABLE = (RequestTimeout, BreakerOpen, RemoteError)
-DEFAULT_TEMPLATES = ["{members:,} members", "{online} online", "/ask me anything", "up {uptime}"]
-COUNT_FIELDS = ("members", "humans", "bots", "online", "bans")
+# The first update waits this long at most for the health and the numbers to show.
+STARTUP_WAIT_S = 10.0
 
 
 class Presence:
-    def __init__(self, service: Service, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
-        self.monotonic = monotonic
-        self.values: dict[str, Any] = {}
-        self.counts_at: float | None = None
+        self.clock = service.clock
+        self.values: dict[str, object] = {}
         self.status = "online"
-        self.last_sent: tuple[str, str | None] | None = None
-        self.sent_at = -math.inf
-        self.configure({})
+        self.health_known = anyio.Event()
+        self.counts_known = anyio.Event()
+        self.last_sent: tuple[str, str | None] | None = None  # (status, activity) shown
+        self.tried_at = -math.inf  # the last update sent (or tried): Discord's pace
+        self.rotated_at = -math.inf  # the last step of the rotation
+        self._nudged = anyio.Event()
+        self.rotation = Rotation(())
+        self.configure(service.settings)
 
-    def configure(self, settings: dict[str, Any]) -> None:
-        self.interval_s = clamp_interval(settings.get("interval_s", 60))
-        self.refresh_s = float(settings.get("refresh_s", 300))
-        self.rotation = Rotation(settings.get("templates") or DEFAULT_TEMPLATES)
-        self.activity_type = str(settings.get("activity_type", "custom"))
-        self.health_poll_s = float(settings.get("health_poll_s", 5))
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    def configure(self, settings: Settings) -> None:
+        if tuple(self.rotation.templates) != settings.templates:
+            self.rotation = Rotation(settings.templates)
+        self._nudge()  # the interval may have changed
 
     # --- what it listens to ---------------------------------------------------------
 
+    async def on_status(self, msg: SupervisorStatus) -> None:
+        self.status = presence_status(msg)
+        self.values["uptime"] = uptime_text(msg.supervisor.get("uptime_s"))
+        self.health_known.set()
+        self._nudge()
+
     async def on_counts(self, msg: GuildCounts) -> None:
-        self.learn_counts(msg.to_body())
+        self.values.update(
+            {k: getattr(msg, k) for k in COUNT_FIELDS if getattr(msg, k) is not None}
+        )
+        self.counts_known.set()
 
     async def on_guild_ready(self, msg: GuildReady) -> None:
         """A fresh gateway session starts with no presence: send ours again."""
         self.last_sent = None
-
-    def learn_counts(self, body: dict[str, Any]) -> None:
-        self.values.update({k: body[k] for k in COUNT_FIELDS if body.get(k) is not None})
-        self.counts_at = self.monotonic()
+        self._nudge()
 
     # --- what it does ---------------------------------------------------------------
 
+    def next_update_at(self) -> float:
+        """The next step of the rotation, or sooner when what Discord shows is out of
+        date (the health changed, or a new session shows nothing), but never within
+        15 s of the previous update."""
+        due = self.rotated_at + self.settings.interval_s
+        if self.last_sent is None or self.last_sent[0] != self.status:
+            due = min(due, self.tried_at + MIN_INTERVAL_S)
+        return due
+
     async def rotate(self) -> None:
-        """The next template every interval; a change of health (idle at start-up,
-        dnd on a FATAL) shows sooner, but never within 15 s of the previous update."""
-        last_tick = -math.inf
+        started = self.clock.monotonic()
+        while not (self.health_known.is_set() and self.counts_known.is_set()):
+            left = STARTUP_WAIT_S - (self.clock.monotonic() - started)
+            if left <= 0:
+                break
+            await self._wait(left)
         while True:
-            if self.monotonic() - last_tick >= self.interval_s:
-                last_tick = self.monotonic()
+            now = self.clock.monotonic()
+            due = self.next_update_at()
+            if now >= due:
+                self.rotated_at = now
                 await self.tick()
             else:
-                await self.refresh_status()
-                shown = self.last_sent[0] if self.last_sent else self.status
-                if shown != self.status and self.monotonic() - self.sent_at >= MIN_INTERVAL_S:
-                    last_tick = self.monotonic()
-                    await self.tick()
-            await anyio.sleep(self.health_poll_s)
+                await self._wait(due - now)
 
     async def tick(self) -> SetPresence | None:
         """One step of the rotation; returns what was sent, if anything."""
-        await self.refresh_status()
-        if self.counts_at is None or self.monotonic() - self.counts_at >= self.refresh_s:
-            await self.refresh_counts()
         activity = self.rotation.next(self.values)
         if (self.status, activity) == self.last_sent:
             return None
-        return await self.send(SetPresence(self.status, activity, self.activity_type))
+        return await self.send(SetPresence(self.status, activity, self.settings.activity_type))
 
-    async def refresh_status(self) -> None:
-        """online, idle or dnd from the supervisor; unchanged while it does not answer."""
-        try:
-            status = await self.service.call(SUPERVISOR, StatusRequest(), timeout=2)
-        except UNREACHABLE as exc:
-            logger.info("supervisor status unavailable: {}", exc)
-            return
-        self.status = presence_status(status)
-        self.values["uptime"] = uptime_text((status.get("supervisor") or {}).get("uptime_s"))
+    def _nudge(self) -> None:
+        self._nudged.set()
+        self._nudged = anyio.Event()
 
-    async def refresh_counts(self) -> None:
-        try:
-            self.learn_counts(await self.service.call(GATEWAY, CountsRequest(), timeout=10))
-        except UNREACHABLE as exc:
-            logger.info("counts unavailable: {}", exc)
+    async def _wait(self, seconds: float) -> None:
+        """Until `seconds` pass on the clock, or something changed."""
+        nudged = self._nudged
+        async with anyio.create_task_group() as tg:
+
+            async def on_nudge() -> None:
+                await nudged.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_nudge)
+            await self.clock.sleep(seconds)
+            tg.cancel_scope.cancel()
 
     # --- what it sends --------------------------------------------------------------
 
     async def send(self, presence: SetPresence) -> SetPresence | None:
+        self.tried_at = self.clock.monotonic()
         try:
-            await self.service.call(GATEWAY, presence, timeout=5)
+            await self.service.call("gateway", presence, timeout=5)
         except UNREACHABLE as exc:
-            logger.info("presence not sent (the next tick sends a newer one): {}", exc)
+            logger.info("presence not sent (the next update sends a newer one): {}", exc)
             return None
         self.last_sent = (presence.status, presence.activity)
-        self.sent_at = self.monotonic()
         return presence
 
 
-def build(monotonic: Callable[[], float] = time.monotonic) -> tuple[Service, Presence]:
+def build(clock: Clock | None = None) -> tuple[Service, Presence]:
     """A fresh service and its state (tests build one per simulated process run)."""
-    service = Service("presence")
-    presence = Presence(service, monotonic)
+    service = Service("presence", Settings, clock)
+    presence = Presence(service)
+    service.on_settings(presence.configure)
+
+    service.event(SupervisorStatus)(presence.on_status)
     service.event(GuildCounts)(presence.on_counts)
     service.event(GuildReady)(presence.on_guild_ready)
 
-    @service.setup
-    async def configure() -> None:
-        presence.configure(service.settings)
-
     service.task(presence.rotate)
     return service, presence
-
-
-def create_service() -> Service:
-    return build()[0]

@@ -1,7 +1,5 @@
 """Counter channels and member reports; see service.py."""
 
-from services.stats.service import create_service
+from services.stats.service import build
 
-service = create_service()
-
-__all__ = ["create_service", "service"]
+__all__ = ["build"]

@@ -37,7 +37,7 @@ from typing import Any
 from loguru import logger
 
 from protocol.breaker import BreakerOpen
-from protocol.channel import RemoteError, RequestTimeout
+from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
 
 NAMESPACE = "stats.report"
 LEASE_S = 120.0
@@ -47,7 +47,6 @@ KvSet = Callable[[str, Any, bool], Awaitable[bool]]  # key, value, only_if_absen
 Send = Callable[[str, list[dict[str, Any]]], Awaitable[str | None]]  # -> message id
 FindPosted = Callable[[str, float], Awaitable[bool]]  # header, since -> found; raises if down
 
-UNREACHABLE = (RequestTimeout, BreakerOpen, RemoteError, OSError)
 # Gateway refusals after which the message may still have reached Discord.
 AMBIGUOUS = ("timeout", "handler_error")
 

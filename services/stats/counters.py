@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-RENAME_LIMIT = 2  # renames ...
-RENAME_WINDOW_S = 600.0  # ... per this many seconds, per channel (Discord's real limit)
+from protocol.discord import RENAME_WINDOW_S, RENAMES_PER_WINDOW
+from services.stats.settings import Counter
+
 BACKOFF_INITIAL_S = 5.0  # after a failure that says nothing about when to retry
 BACKOFF_MAX_S = 300.0
 CHANNEL_NAME_MAX = 100
 STALE_S = 60.0  # a channel list this soon after our rename may predate it
-COUNT_FIELDS = ("members", "humans", "bots", "online", "bans")
 _DIGITS = re.compile(r"^[0-9]{5,20}$")
 
 
@@ -40,15 +40,12 @@ class CounterSpec:
         return self.channel if _DIGITS.match(self.channel) else None
 
 
-def parse_counters(raw: dict[str, Any]) -> list[CounterSpec]:
-    """`{members: {channel, template}, ...}` from settings; a bad entry is a config error."""
-    specs = []
-    for kind, entry in raw.items():
-        if not isinstance(entry, dict) or "channel" not in entry:
-            raise ValueError(f"counters.{kind}: needs a channel (id or name)")
-        template = entry.get("template") or f"{kind.capitalize()}: {{{kind}:,}}"
-        specs.append(CounterSpec(kind, str(entry["channel"]), str(template)))
-    return specs
+def counter_specs(counters: dict[str, Counter]) -> list[CounterSpec]:
+    """The configured counters; one without a template shows `Kind: {kind:,}`."""
+    return [
+        CounterSpec(kind, c.channel, c.template or f"{kind.capitalize()}: {{{kind}:,}}")
+        for kind, c in counters.items()
+    ]
 
 
 def render(spec: CounterSpec, values: dict[str, Any]) -> str | None:
@@ -104,7 +101,7 @@ class RenameThrottle:
     def __init__(
         self,
         now: Callable[[], float],
-        limit: int = RENAME_LIMIT,
+        limit: int = RENAMES_PER_WINDOW,
         window_s: float = RENAME_WINDOW_S,
     ) -> None:
         self._now = now

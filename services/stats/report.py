@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from protocol.settings import WEEKDAYS
+
 NAMES_SHOWN = 20
 CATCH_UP_DAYS = 7  # a longer outage posts the last week's missed reports, not a month's
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 EMBED_COLOUR = 0x5865F2
 
 

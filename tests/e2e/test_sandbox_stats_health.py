@@ -38,7 +38,6 @@ def toml(heartbeat: str = "", llm: str = "", presence: str = "") -> str:
 module = "services.stats"
 after = ["gateway", "persistence"]
 subscribes = ["discord.guild.counts", "discord.guild.ready"]
-commands = ["stats"]
 [services.stats.settings]
 report_channel = "stats"
 report_time = "09:00"
@@ -58,23 +57,20 @@ template = "Bans: {{bans:,}}"
 [services.heartbeat]
 module = "services.heartbeat"
 after = ["gateway"]
-subscribes = ["discord.connection", "discord.guild.ready"]
-commands = ["status", "restart"]
+subscribes = ["discord.connection", "discord.guild.ready", "supervisor.status"]
 [services.heartbeat.settings]
 admin_channel = "admin"
 interval_s = 1
 check_s = 0.5
 alert_group_s = 1
-owner_ids = []
 {heartbeat}
 
 [services.presence]
 module = "services.presence"
 after = ["gateway"]
-subscribes = ["discord.guild.counts", "discord.guild.ready"]
+subscribes = ["discord.guild.counts", "discord.guild.ready", "supervisor.status"]
 [services.presence.settings]
 interval_s = 15
-health_poll_s = 0.5
 {presence}
 """
     )
@@ -387,7 +383,7 @@ def test_status_shows_admins_more_and_restart_is_refused_for_a_member_but_works_
     before = sandbox.service("presence")
     refused = answer(sandbox, "bob", "restart", service="presence")
     assert refused["ephemeral"] and "admin" in refused["content"].lower(), refused
-    # The heartbeat asks the supervisor before it answers: a restart would show by now.
+    # The gateway refuses before asking heartbeat: a restart would show by now.
     after = sandbox.service("presence")
     assert (after["pid"], after["state"]) == (before["pid"], "RUNNING")
     assert "presence RUNNING -> STOPPING" not in sandbox.output()

@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from protocol.messages import AdvanceClock
-from services.stats.service import build
+from protocol.messages import AdvanceClock, ApplySettings
+from services.stats import build
 from tests.support.fakes import (
     FakeGateway,
     FakePersistence,
@@ -66,6 +66,28 @@ async def test_counters_follow_the_gateway_within_the_rename_limit(tmp_path: Pat
             await procs.stop(svc)
 
 
+async def test_a_new_counter_template_applies_on_reload(tmp_path: Path) -> None:
+    gateway, store = FakeGateway(), FakePersistence()
+    async with anyio.create_task_group() as tg:
+        procs = Processes(tg, tmp_path)
+        await procs.start(store.service)
+        await procs.start(gateway.service)
+        stats = await procs.start(build()[0], STATS_SETTINGS)
+        await eventually(lambda: len(gateway.renames) == 2, what="first renames")
+        people = {"channel": "Members", "template": "People: {members}"}
+        counters = {**STATS_SETTINGS["counters"], "members": people}  # type: ignore[dict-item]
+        reload = ApplySettings({**STATS_SETTINGS, "counters": counters})
+        outcome = await ask(tmp_path, "stats", reload)
+        assert outcome.ok and outcome.detail == "applied counters"
+        await eventually(lambda: gateway.renames[2:] == [("204", "People: 10")])
+        typo = {"members": {"channel": "Members", "template": "People: {membres}"}}
+        refused = await ask(tmp_path, "stats", ApplySettings({"counters": typo}))
+        assert not refused.ok
+        assert "services.stats.settings.counters.members.template" in refused.detail
+        for svc in (stats, gateway.service, store.service):
+            await procs.stop(svc)
+
+
 async def test_a_report_is_posted_once_across_a_failed_send_and_a_restart(tmp_path: Path) -> None:
     gateway = FakeGateway()
     store = FakePersistence(gateway)
@@ -85,7 +107,7 @@ async def test_a_report_is_posted_once_across_a_failed_send_and_a_restart(tmp_pa
         stats = await procs.start(build()[0], settings)
         await eventually(lambda: ("stats.report", "first_run") in store.kv)
         answer = await ask(tmp_path, "stats", command("stats", date=today))
-        joins = {f["name"]: f["value"] for f in answer["embeds"][0]["fields"]}["Joins"]
+        joins = {f["name"]: f["value"] for f in answer.embeds[0]["fields"]}["Joins"]
         assert joins.startswith("**2**")
         gateway.fail_sends = "503 Service Unavailable"  # Discord is having a bad day
         await ask(tmp_path, "stats", AdvanceClock(2 * 86400))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from protocol.discord import ConnectionState
+from protocol.messages import SupervisorStatus
+from protocol.store import Usage
 from services.heartbeat.alerts import (
     Alert,
     AlertDetector,
@@ -37,11 +40,10 @@ def svc(name: str, state: str = "RUNNING", restarts: int = 0, **kw: Any) -> dict
     }
 
 
-def status(*services: dict[str, Any], pid: int = 1) -> dict[str, Any]:
-    return {
-        "supervisor": {"pid": pid, "uptime_s": 60.0, "rss_mb": 30.0, "summary": ""},
-        "services": list(services),
-    }
+def status(*services: dict[str, Any], pid: int = 1) -> SupervisorStatus:
+    return SupervisorStatus(
+        {"pid": pid, "uptime_s": 60.0, "rss_mb": 30.0, "summary": ""}, list(services)
+    )
 
 
 HEALTHY = status(svc("gateway"), svc("persistence"), svc("stats"))
@@ -120,7 +122,7 @@ def test_a_restarted_heartbeat_neither_repeats_alerts_nor_misses_a_crash_while_i
     clock = Clock()
     first = AlertDetector(clock)
     first.check(HEALTHY)
-    first.check(status(svc("gateway", "FATAL"), *HEALTHY["services"][1:]))
+    first.check(status(svc("gateway", "FATAL"), *HEALTHY.services[1:]))
     saved = copy.deepcopy(first.to_dict())
     second = AlertDetector(clock)
     second.restore(saved)
@@ -165,9 +167,9 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
             svc("llm", "FATAL", last_exit="exit 1"),
         ),
         cpu={100: 2.5},
-        connection={"state": "connected", "latency_ms": 41.7, "at": 0.0},
+        connection=ConnectionState("connected", 41.7, 0.0),
         db_bytes=12_500_000,
-        llm={"exchanges": 10, "by_outcome": {"ok": 9, "timeout": 1}, "latency_p50_ms": 850},
+        llm=Usage(10, 5000, 900, {"ok": 9, "timeout": 1}, 850.0),
     )
     embed = status_embed(snap)
     assert embed["title"] == "Down"

@@ -7,19 +7,21 @@ from typing import Any
 import pytest
 
 from protocol.channel import RemoteError, RequestTimeout
-from protocol.clock import fixed
-from protocol.discord import RenameChannel
-from protocol.messages import Message
-from protocol.store import KvGet, KvSet
+from protocol.clock import Clock, fixed
+from protocol.discord import GuildCounts, GuildReady, RenameChannel
+from protocol.messages import Done, Message
+from protocol.store import KvGet, KvSet, KvStored, KvValue
+from services.stats import build
 from services.stats.counters import (
     CounterSpec,
     RenameThrottle,
+    counter_specs,
     find_channel,
-    parse_counters,
     render,
     retry_after_from,
 )
 from services.stats.service import Stats
+from services.stats.settings import Counter
 
 pytestmark = pytest.mark.anyio
 
@@ -34,42 +36,53 @@ SETTINGS = {
         "members": {"channel": "Members", "template": "Members: {members:,}"},
         "online": {"channel": "Online", "template": "Online: {online:,}"},
     },
-    "report_channel": None,
+    "report_channel": "",
 }
+
+
+def guild(channels: list[dict[str, Any]]) -> GuildReady:
+    return GuildReady("1", "Test", channels, 3, "900")
+
+
+def counts(members: int, online: int = 12) -> GuildCounts:
+    return GuildCounts("1", members, members, 0, online)
 
 
 class FakeBus:
     """Stands in for Service.call: answers like the gateway and persistence would."""
 
     def __init__(self) -> None:
-        self.settings: dict[str, Any] = {}
         self.renames: list[tuple[float, str, str]] = []
         self.kv: dict[tuple[str, str], Any] = {}
         self.fail_next: Exception | None = None
         self.clock: Any = None
 
-    def request(self, _type: type[Message]) -> Any:
-        return lambda fn: fn
-
-    async def call(self, peer: str, msg: Message, timeout: float = 5.0) -> dict[str, Any]:
+    async def call(self, peer: str, msg: Message, timeout: float = 5.0) -> Message:
         if isinstance(msg, KvGet):
-            return {"value": self.kv.get((msg.namespace, msg.key))}
+            return KvValue(self.kv.get((msg.namespace, msg.key)))
         if isinstance(msg, KvSet):
             self.kv[(msg.namespace, msg.key)] = msg.value
-            return {"stored": True}
+            return KvStored(True)
         assert isinstance(msg, RenameChannel)
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
         self.renames.append((self.clock.monotonic(), msg.channel_id, msg.name))
-        return {}
+        return Done()
 
 
-def make_stats(bus: FakeBus, clock: Any) -> Stats:
+def built(bus: FakeBus, clock: Clock) -> Stats:
+    """A stats service as it starts, its calls answered by `bus`."""
     bus.clock = clock
-    stats = Stats(bus, clock)  # type: ignore[arg-type]
-    stats.configure(SETTINGS)
-    stats.learn_guild({"guild_id": "1", "channels": CHANNELS})
+    service, stats = build(clock)
+    service.configure(SETTINGS)
+    service.call = bus.call  # type: ignore[method-assign]
+    return stats
+
+
+def make_stats(bus: FakeBus, clock: Clock) -> Stats:
+    stats = built(bus, clock)
+    stats.learn_guild(guild(CHANNELS))
     return stats
 
 
@@ -87,7 +100,7 @@ async def test_a_burst_of_fifty_changes_costs_at_most_two_renames_and_ends_on_th
     bus = FakeBus()
     stats = make_stats(bus, clock)
     for n in range(50):  # a raid: one join every 12 s for ten minutes
-        stats.learn_counts({"members": 1000 + n, "online": 12})
+        stats.learn_counts(counts(1000 + n))
         await flush(stats)
         clock.advance(12)
     assert len(bus.renames) == 2
@@ -104,9 +117,9 @@ async def test_an_unchanged_value_is_not_renamed_and_known_names_are_respected()
     clock = fixed(T0)
     bus = FakeBus()
     stats = make_stats(bus, clock)
-    stats.learn_counts({"members": 3, "online": 12})  # "Online: 12" is already shown
+    stats.learn_counts(counts(3))  # "Online: 12" is already shown
     await flush(stats)
-    stats.learn_counts({"members": 3, "online": 12})
+    stats.learn_counts(counts(3))
     await flush(stats)
     assert [(cid, name) for _, cid, name in bus.renames] == [("500002", "Members: 3")]
 
@@ -116,10 +129,10 @@ async def test_a_rate_limit_answer_backs_off_for_retry_after_and_keeps_the_newes
     bus = FakeBus()
     stats = make_stats(bus, clock)
     bus.fail_next = RemoteError("gateway", "rate_limited", "retry_after=120.5")
-    stats.learn_counts({"members": 7, "online": 12})
+    stats.learn_counts(counts(7))
     await flush(stats)
     assert bus.renames == []
-    stats.learn_counts({"members": 8, "online": 12})
+    stats.learn_counts(counts(8))
     clock.advance(120)
     await flush(stats)
     assert bus.renames == []  # still inside retry_after
@@ -133,11 +146,11 @@ async def test_a_timed_out_rename_still_counts_against_the_window():
     bus = FakeBus()
     stats = make_stats(bus, clock)
     bus.fail_next = RequestTimeout("no reply")
-    stats.learn_counts({"members": 7, "online": 12})
+    stats.learn_counts(counts(7))
     await flush(stats)  # may have reached Discord: the slot stays used
     clock.advance(10)
     await flush(stats)  # the retry takes the second slot
-    stats.learn_counts({"members": 9, "online": 12})
+    stats.learn_counts(counts(9))
     clock.advance(10)
     await flush(stats)
     assert [name for _, _, name in bus.renames] == ["Members: 7"]
@@ -148,21 +161,19 @@ async def test_a_restart_remembers_the_channel_id_and_the_rename_window():
     clock = fixed(T0)
     bus = FakeBus()
     stats = make_stats(bus, clock)
-    stats.learn_counts({"members": 1, "online": 12})
+    stats.learn_counts(counts(1))
     await flush(stats)
-    stats.learn_counts({"members": 2, "online": 12})
+    stats.learn_counts(counts(2))
     await flush(stats)
     assert len(bus.renames) == 2
     # The process restarts; the channel is now called "Members: 2", not "Members".
     clock.advance(60)
     renamed = [{**c, "name": "Members: 2"} if c["id"] == "500002" else c for c in CHANNELS]
-    again = Stats(bus, clock)  # type: ignore[arg-type]
-    again.configure(SETTINGS)
-    again.guild_known.set()
+    again = built(bus, clock)
     await again.load_counter_records()
-    again.learn_guild({"guild_id": "1", "channels": renamed})
+    again.learn_guild(guild(renamed))
     assert again.counter_ids["members"] == "500002"
-    again.learn_counts({"members": 3, "online": 12})
+    again.learn_counts(counts(3))
     await flush(again)
     assert len(bus.renames) == 2  # the window of the previous run still holds
     assert again.throttle.next_due_in() == pytest.approx(540)
@@ -175,14 +186,14 @@ async def test_a_guild_snapshot_older_than_our_rename_does_not_cause_another():
     clock = fixed(T0)
     bus = FakeBus()
     stats = make_stats(bus, clock)
-    stats.learn_counts({"members": 3, "online": 12})
+    stats.learn_counts(counts(3))
     await flush(stats)
-    stats.learn_guild({"guild_id": "1", "channels": CHANNELS})  # still says "Members"
+    stats.learn_guild(guild(CHANNELS))  # still says "Members"
     await flush(stats)
     assert [name for _, _, name in bus.renames] == ["Members: 3"]
     clock.advance(120)
     renamed_by_hand = [{**c, "name": "Members"} if c["id"] == "500002" else c for c in CHANNELS]
-    stats.learn_guild({"guild_id": "1", "channels": renamed_by_hand})
+    stats.learn_guild(guild(renamed_by_hand))
     await flush(stats)
     assert [name for _, _, name in bus.renames] == ["Members: 3", "Members: 3"]
 
@@ -197,12 +208,10 @@ def test_channels_resolve_by_id_by_name_or_by_an_earlier_rendering():
 
 
 def test_templates_render_only_when_their_values_are_known():
-    (spec,) = parse_counters({"bans": {"channel": "Bans"}})
+    (spec,) = counter_specs({"bans": Counter("Bans")})
     assert spec.template == "Bans: {bans:,}"
     assert render(spec, {"bans": 1234}) == "Bans: 1,234"
     assert render(spec, {"bans": None}) is None
-    with pytest.raises(ValueError):
-        parse_counters({"members": {"template": "x"}})
 
 
 def test_retry_after_is_read_from_the_error_detail():
