@@ -1,5 +1,5 @@
 """The llm service: a language model answering in Discord (see service.py)."""
 
-from services.llm.service import service
+from services.llm.service import build
 
-__all__ = ["service"]
+__all__ = ["build"]

@@ -30,8 +30,9 @@ from loguru import logger
 from openai import AsyncOpenAI, AsyncStream
 
 from protocol.breaker import BreakerOpen, BreakerState, CircuitBreaker
+from services.llm.messages import LlmStats
 from services.llm.outcomes import Outcome
-from services.llm.settings import LlmSettings
+from services.llm.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,16 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 class LlmClient:
     def __init__(
         self,
-        settings: LlmSettings,
+        settings: Settings,
         api_key: str | None,
+        base_url: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.base_url = settings.base_url
+        self.base_url = base_url
         self._has_key = bool(api_key)
         # max_retries=0: retries are ours (one policy, with the breaker seeing each attempt).
         self.sdk = AsyncOpenAI(
-            base_url=settings.base_url,
+            base_url=base_url,
             api_key=api_key or "missing",
             max_retries=0,
             timeout=settings.request_timeout_s,
@@ -91,7 +93,7 @@ class LlmClient:
         self.settings = settings
         self._operator_told = False
 
-    def configure(self, settings: LlmSettings) -> None:
+    def configure(self, settings: Settings) -> None:
         self.settings = settings
         self.breaker.failure_threshold = settings.breaker_failures
         self.breaker.reset_timeout_s = settings.breaker_reset_s
@@ -310,13 +312,13 @@ class Stats:
         if latency_ms is not None and outcome is Outcome.OK:
             self._latencies.append(latency_ms)
 
-    def snapshot(self, cache: AnswerCache, breaker: CircuitBreaker) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "cache_hits": cache.hits,
-            "cache_entries": len(cache),
-            "errors_by_outcome": {k: v for k, v in self.by_outcome.items() if not Outcome(k).ok},
-            "outcomes": dict(self.by_outcome),
-            "latency_p50_ms": statistics.median(self._latencies) if self._latencies else None,
-            "breaker": breaker.state.value,
-        }
+    def snapshot(self, cache: AnswerCache, breaker: CircuitBreaker) -> LlmStats:
+        return LlmStats(
+            requests=self.requests,
+            cache_hits=cache.hits,
+            cache_entries=len(cache),
+            errors_by_outcome={k: v for k, v in self.by_outcome.items() if not Outcome(k).ok},
+            outcomes=dict(self.by_outcome),
+            latency_p50_ms=statistics.median(self._latencies) if self._latencies else None,
+            breaker=breaker.state.value,
+        )

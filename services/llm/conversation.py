@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.llm.settings import LlmSettings
+from services.llm.settings import Settings
 
 CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb; no tokenizer dependency for an estimate
 MESSAGE_OVERHEAD = 4  # framing tokens per message
@@ -120,12 +120,7 @@ class Place:
     guild: str = ""
 
 
-class _Blank(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"  # an unknown {placeholder} stays as written
-
-
-def system_prompt(settings: LlmSettings, place: Place, today: dt.date | None = None) -> str:
+def system_prompt(settings: Settings, place: Place, today: dt.date) -> str:
     """The channel's prompt, else the guild's, else the default; placeholders filled."""
     prompts = settings.system_prompts
     template = settings.system_prompt
@@ -133,13 +128,14 @@ def system_prompt(settings: LlmSettings, place: Place, today: dt.date | None = N
         if key and key in prompts:
             template = prompts[key]
             break
-    values = _Blank(
-        date=(today or dt.date.today()).isoformat(),
-        guild=place.guild or ("a direct message" if place.guild_id is None else "this server"),
-        channel=place.channel or ("DM" if place.guild_id is None else "this channel"),
-        user=place.user,
-    )
     try:
-        return template.format_map(values)
-    except (ValueError, IndexError, AttributeError):
-        return template  # stray braces: better the raw prompt than no answer
+        return template.format(
+            date=today.isoformat(),
+            guild=place.guild or ("a direct message" if place.guild_id is None else "this server"),
+            channel=place.channel or ("DM" if place.guild_id is None else "this channel"),
+            user=place.user,
+        )
+    except (KeyError, ValueError, IndexError, AttributeError):
+        # The schema checks the placeholders, not what follows them ({user.x}, {date:%Y}):
+        # better the raw prompt than no answer.
+        return template

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.messages import Message, message
+from protocol.messages import Message, Request, message
+
+
+@message("llm.stats.reply")
+@dataclass(frozen=True, slots=True)
+class LlmStats(Message):
+    """The llm's counters since the process started."""
+
+    requests: int
+    cache_hits: int
+    cache_entries: int
+    errors_by_outcome: dict[str, int]  # failures only
+    outcomes: dict[str, int]
+    latency_p50_ms: float | None  # of recent successful answers
+    breaker: str  # the model endpoint's breaker: closed | open | half_open
 
 
 @message("llm.stats")
 @dataclass(frozen=True, slots=True)
-class StatsRequest(Message):
-    """Answered with `{requests, cache_hits, cache_entries, errors_by_outcome, outcomes,
-    latency_p50_ms, breaker}` since the process started."""
+class StatsRequest(Request[LlmStats]):
+    pass

@@ -9,25 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Rate:
-    tokens: float  # bucket size: a burst of this many is allowed
-    per_s: float  # ... and it refills completely in this many seconds
-
-    @classmethod
-    def parse(cls, raw: object, default: Rate) -> Rate:
-        """`{tokens = 5, per_s = 60}` from services.toml; anything malformed gives the default."""
-        if not isinstance(raw, dict):
-            return default
-        tokens, per_s = raw.get("tokens"), raw.get("per_s")
-        ok = all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-            for v in (tokens, per_s)
-        )
-        return cls(float(tokens), float(per_s)) if ok else default  # type: ignore[arg-type]
+from services.llm.settings import Rate
 
 
 class TokenBucket:

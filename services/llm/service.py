@@ -3,8 +3,10 @@
 Listens to
 - `discord.message.created`: answers an @mention, a reply to the bot, a DM, or anything
   in a conversation channel; never bots (itself included), never @everyone alone;
-- `discord.guild.ready` / `discord.connection`: who the bot is, what places are called;
-- `discord.command` for /ask, /reset, /usage; `llm.stats` for its own counters.
+- `discord.guild.ready` (retained: it comes on connecting, whenever llm starts) and
+  `discord.connection`: who the bot is, what places are called;
+- /ask, /reset, /usage (protocol/commands.py); `llm.stats` for its own counters;
+- its settings, applied live on a reload (settings.py says which wait for a restart).
 Does: gate (prompt length, breaker, rate limits) -> context (persistence) -> model
 (client.py) -> Discord (stream.py), and records each exchange.
 Sends: `discord.send`/`discord.edit`/`discord.typing` and `discord.interaction.*` to the
@@ -16,8 +18,8 @@ is acknowledged at once and never waits for the model.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -28,15 +30,15 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from loguru import logger
 
-from protocol.breaker import BreakerOpen
-from protocol.channel import RemoteError, RequestTimeout
+from protocol.channel import UNREACHABLE, RemoteError
+from protocol.clock import Clock
 from protocol.discord import (
+    NO_PINGS,
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
     EditInteraction,
     EditMessage,
-    GuildInfoRequest,
     GuildReady,
     InteractionFollowup,
     MessageCreated,
@@ -45,9 +47,17 @@ from protocol.discord import (
     SendMessage,
     Typing,
 )
-from protocol.messages import Message
+from protocol.messages import R, Request
 from protocol.runtime import Service
-from protocol.store import KvGet, KvSet, LlmExchange, RecentMessages, ReplyChain, UsageRequest
+from protocol.store import (
+    KvGet,
+    KvSet,
+    LlmExchange,
+    RecentMessages,
+    ReplyChain,
+    Usage,
+    UsageRequest,
+)
 from services.llm.client import AnswerCache, Completion, LlmClient, LlmFailure, Stats
 from services.llm.conversation import (
     Conversation,
@@ -58,37 +68,44 @@ from services.llm.conversation import (
     turns_from_rows,
 )
 from services.llm.history import History
-from services.llm.messages import StatsRequest
+from services.llm.messages import LlmStats, StatsRequest
 from services.llm.outcomes import Outcome
 from services.llm.ratelimit import RateLimiter
-from services.llm.settings import LlmSettings, SettingsWatcher, restart_only_changes
+from services.llm.settings import Settings, base_url
 from services.llm.stream import Pacer, ReplyStreamer, Sink, split_message
 
+# /reset marks, in persistence's key-value store: "<channel>" for the whole channel (an
+# admin's /reset), "<channel>:<user>" for one person's conversation there.
 RESET_NAMESPACE = "llm.reset"
-# KeyError: the peer is not in this deployment's topology at all.
-STORE_ERRORS = (RequestTimeout, BreakerOpen, RemoteError, KeyError)
-GATEWAY_ERRORS = (RequestTimeout, BreakerOpen, RemoteError, KeyError)
 # /reset and /usage are not deferred: the gateway waits 2 s for their answer.
 COMMAND_STORE_TIMEOUT_S = 1.5
-WORLD_RETRY_S = 30.0  # how often to ask the gateway who the bot is, while we don't know
 
 
-def build_service(name: str = "llm") -> Service:
-    """The service with fresh state (tests build one per test)."""
-    service = Service(name)
+def build(clock: Clock | None = None) -> tuple[Service, Llm]:
+    """The service and its state, fresh (tests build one per test)."""
+    service = Service("llm", Settings, clock)
     llm = Llm(service)
+    service.on_settings(llm.apply_settings)
     service.setup(llm.start)
     service.task(llm.work)
-    service.task(llm.watch_settings)
     service.teardown(llm.stop)
+    # What it listens to: people talking, and who the bot is and where.
     service.event(MessageCreated)(llm.on_message)
     service.event(MessageEdited)(llm.on_edited)
     service.event(MessageDeleted)(llm.on_deleted)
     service.event(GuildReady)(llm.on_guild_ready)
     service.event(ConnectionState)(llm.on_connection)
-    service.request(CommandInvoked)(llm.on_command)
+    # What it answers.
+    service.command("ask")(llm.ask)
+    service.command("reset")(llm.reset)
+    service.command("usage")(llm.usage)
     service.request(StatsRequest)(llm.on_stats)
-    return service
+    return service, llm
+
+
+def reset_key(channel_id: str, user_id: str | None = None) -> str:
+    """The /reset mark of a channel (for everyone), or of one user's conversation there."""
+    return channel_id if user_id is None else f"{channel_id}:{user_id}"
 
 
 class RecentIds:
@@ -120,15 +137,14 @@ def should_answer(
         return True
     if bot_id is not None and msg.reply_to_author_id == bot_id:
         return True
-    channels = set(conversation_channels)
+    channels = {c.lstrip("#") for c in conversation_channels}
     return msg.channel_id in channels or (msg.channel_name or "") in channels
 
 
-def no_pings(allow_mentions: bool) -> dict[str, Any]:
-    """Discord's allowed_mentions: by default a reply pings nobody, whatever it says."""
-    if allow_mentions:
-        return {"parse": ["users"], "replied_user": True}
-    return {"parse": [], "replied_user": False}
+def allowed_mentions(allow_mentions: bool) -> dict[str, Any]:
+    """By default an answer pings nobody, whatever it says; `allow_mentions` lets it ping
+    the users it names and the one it replies to (never @everyone, never roles)."""
+    return {"parse": ["users"], "replied_user": True} if allow_mentions else NO_PINGS
 
 
 def defuse_mentions(text: str) -> str:
@@ -147,35 +163,46 @@ class Gate:
 class Llm:
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.settings = LlmSettings()
+        self.clock = service.clock
+        s = self.settings
         self.client: LlmClient | None = None
-        self.cache = AnswerCache(self.settings.cache_ttl_s)
+        self.cache = AnswerCache(s.cache_ttl_s, clock=self.clock.monotonic)
         self.stats = Stats()
-        self.limiter = RateLimiter(self.settings.user_rate, self.settings.guild_rate)
-        self.pacer = Pacer(self.settings.edit_interval_s)
+        self.limiter = RateLimiter(s.user_rate, s.guild_rate, self.clock.monotonic)
+        self.pacer = Pacer(s.edit_interval_s, self.clock.monotonic)
         self._answered = RecentIds(10_000)
         self.history = History()
-        self.watcher = SettingsWatcher.from_env(service.name)
         self.bot_id: str | None = None
         self.guild_names: dict[str, str] = {}
         self.channel_names: dict[str, str] = {}
-        self.reset_marks: dict[str, float | None] = {}
+        self.reset_marks: dict[str, float | None] = {}  # reset_key -> time, None: no mark
         self.warned_until: dict[str, float] = {}
-        self.slots = anyio.Semaphore(self.settings.max_concurrent)
+        self.slots = anyio.Semaphore(s.max_concurrent)
         self._jobs_in: MemoryObjectSendStream[Callable[[], Awaitable[None]]]
         self._jobs_out: MemoryObjectReceiveStream[Callable[[], Awaitable[None]]]
         self._jobs_in, self._jobs_out = anyio.create_memory_object_stream(100)
         self._work_scope: anyio.CancelScope | None = None
-        self._world_asked_at = -WORLD_RETRY_S
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def apply_settings(self, new: Settings) -> None:
+        """At start and on each reload: prompts, channels, rates and limits follow."""
+        self.limiter.configure(new.user_rate, new.guild_rate)
+        self.pacer.interval_s = new.edit_interval_s
+        self.cache.ttl_s = new.cache_ttl_s
+        if self.client is not None:
+            self.client.configure(new)
+
     async def start(self) -> None:
-        self._apply(LlmSettings.effective(self.service.settings))
-        self.slots = anyio.Semaphore(self.settings.max_concurrent)
-        self.client = LlmClient(self.settings, os.environ.get("OPENAI_API_KEY"))
-        await self.watcher.prime()
-        logger.info("llm: model {} at {}", self.settings.model, self.settings.base_url)
+        s = self.settings
+        self.slots = anyio.Semaphore(s.max_concurrent)
+        url = base_url(s)
+        self.client = LlmClient(s, os.environ.get("OPENAI_API_KEY"), url, self.clock.monotonic)
+        logger.info("llm: model {} at {}", s.model, url)
 
     async def stop(self) -> None:
         """Stop answering first (so no half-answer meets a closed client), then close it."""
@@ -184,30 +211,6 @@ class Llm:
         self._jobs_in.close()
         if self.client is not None:
             await self.client.close()
-
-    def _apply(self, new: LlmSettings) -> None:
-        self.settings = new
-        self.limiter.configure(new.user_rate, new.guild_rate)
-        self.pacer.interval_s = new.edit_interval_s
-        self.cache.ttl_s = new.cache_ttl_s
-        if self.client is not None:
-            self.client.configure(new)
-
-    async def watch_settings(self) -> None:
-        """Prompts, channels and limits follow services.toml without a restart."""
-        if self.watcher.path is None:
-            return
-        while True:
-            await anyio.sleep(self.settings.reload_interval_s)
-            raw = await self.watcher.poll()
-            if raw is None:
-                continue
-            new = LlmSettings.effective(raw)
-            pending = restart_only_changes(self.settings, new)
-            if pending:
-                logger.warning("llm settings {} change only on restart", ", ".join(pending))
-            self._apply(new)
-            logger.info("llm settings reloaded from {}", self.watcher.path)
 
     async def work(self) -> None:
         """Runs the answers to messages, at most `max_concurrent` at a time."""
@@ -254,8 +257,6 @@ class Llm:
         self.history.seen(msg)
         if msg.channel_name:
             self.channel_names[msg.channel_id] = msg.channel_name
-        if self.bot_id is None and msg.reply_to_author_id:
-            await self._learn_world(msg.guild_id)  # else replies to the bot go unnoticed
         if not should_answer(msg, self.bot_id, self.settings.conversation_channels):
             return
         if not self._answered.add(msg.id):
@@ -275,20 +276,8 @@ class Llm:
     async def on_deleted(self, msg: MessageDeleted) -> None:
         self.history.deleted(msg.id)
 
-    async def _learn_world(self, guild_id: str | None) -> None:
-        """We started after the gateway's guild.ready: ask it (rarely) who the bot is."""
-        now = time.monotonic()
-        if now < self._world_asked_at + WORLD_RETRY_S:
-            return
-        self._world_asked_at = now
-        try:
-            body = await self.service.call("gateway", GuildInfoRequest(guild_id), timeout=1.0)
-            await self.on_guild_ready(GuildReady(**body))
-        except (*GATEWAY_ERRORS, TypeError) as exc:
-            logger.warning("llm: the bot's user id is not known yet ({})", exc)
-
     async def answer_message(self, msg: MessageCreated) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         s = self.settings
         text = strip_mention(msg.content, self.bot_id) or msg.content.strip()
         sink = ChannelSink(self, msg.channel_id, msg.id)
@@ -317,7 +306,7 @@ class Llm:
             return Gate(Outcome.MODEL_UNAVAILABLE, down_for)
         wait = self.limiter.check(user_id, guild_id)
         if wait > 0:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             say = self.warned_until.get(user_id, 0.0) <= now  # tell them once per wait
             if say:
                 if len(self.warned_until) > 10_000:
@@ -334,7 +323,7 @@ class Llm:
         reset_at: float | None = None
         try:
             try:
-                reset_at = await self._reset_mark(msg.channel_id)
+                reset_at = await self._reset_at(msg.channel_id, msg.author_id)
             except RemoteError as exc:  # answered, but not this: the history may still work
                 logger.warning("llm: no /reset mark for {}: {}", msg.channel_id, exc)
             known = (
@@ -346,33 +335,44 @@ class Llm:
                 rows = known
             elif msg.reply_to_id:
                 query = ReplyChain(msg.reply_to_id, limit=s.history_limit)
-                rows = _rows(
+                rows = (
                     await self.service.call("persistence", query, timeout=s.store_timeout_s)
-                )
+                ).messages
             else:
                 query = RecentMessages(msg.channel_id, limit=s.history_limit)
-                rows = _rows(
+                rows = (
                     await self.service.call("persistence", query, timeout=s.store_timeout_s)
-                )
+                ).messages
                 self.history.seed(msg.channel_id, rows)
-        except STORE_ERRORS as exc:
+        except UNREACHABLE as exc:
             logger.warning("llm: no conversation history ({}): answering {} alone", exc, msg.id)
         turns = turns_from_rows(
             rows, self.bot_id, exclude_id=msg.id, before_ts=msg.created_at, after_ts=reset_at
         )
         turns.append(Turn("user", text, msg.author_name, msg.id))
-        return Conversation(system_prompt(s, place), tuple(turns))
+        return Conversation(system_prompt(s, place, self._today()), tuple(turns))
 
-    async def _reset_mark(self, channel_id: str) -> float | None:
-        if channel_id not in self.reset_marks:
-            body = await self.service.call(
-                "persistence",
-                KvGet(RESET_NAMESPACE, channel_id),
-                timeout=self.settings.store_timeout_s,
-            )
-            value = body.get("value")
-            self.reset_marks[channel_id] = float(value) if isinstance(value, int | float) else None
-        return self.reset_marks[channel_id]
+    async def _reset_at(self, channel_id: str, user_id: str) -> float | None:
+        """The latest /reset that applies to this user here: the channel's or their own."""
+        marks = [
+            await self._reset_mark(reset_key(channel_id)),
+            await self._reset_mark(reset_key(channel_id, user_id)),
+        ]
+        return max((m for m in marks if m is not None), default=None)
+
+    async def _reset_mark(self, key: str) -> float | None:
+        if key not in self.reset_marks:
+            if len(self.reset_marks) > 10_000:
+                self.reset_marks.clear()  # the store has them: read again when needed
+            query = KvGet(RESET_NAMESPACE, key)
+            value = (
+                await self.service.call("persistence", query, timeout=self.settings.store_timeout_s)
+            ).value
+            self.reset_marks[key] = float(value) if isinstance(value, int | float) else None
+        return self.reset_marks[key]
+
+    def _today(self) -> dt.date:
+        return dt.date.fromtimestamp(self.clock.wall())
 
     # --- asking the model and streaming the answer ------------------------------------
 
@@ -454,7 +454,7 @@ class Llm:
         completion: Completion | None = None,
         started: float | None = None,
     ) -> None:
-        latency_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
+        latency_ms = (self.clock.monotonic() - started) * 1000 if started is not None else 0.0
         self.stats.record(outcome, latency_ms if started is not None else None)
         prompt_tokens = completion.prompt_tokens if completion else 0
         completion_tokens = completion.completion_tokens if completion else 0
@@ -476,7 +476,7 @@ class Llm:
             completion_tokens=completion_tokens,
             latency_ms=latency_ms,
             outcome=outcome.value,
-            at=time.time(),
+            at=self.clock.wall(),
         )
         try:
             await self.service.publish(exchange)
@@ -485,18 +485,9 @@ class Llm:
 
     # --- slash commands -------------------------------------------------------------
 
-    async def on_command(self, cmd: CommandInvoked) -> CommandAnswer:
-        if cmd.command == "ask":
-            return await self.ask(cmd)
-        if cmd.command == "reset":
-            return await self.reset(cmd)
-        if cmd.command == "usage":
-            return await self.usage(cmd)
-        return CommandAnswer(f"llm does not answer /{cmd.command}", ephemeral=True)
-
     async def ask(self, cmd: CommandInvoked) -> CommandAnswer:
         """/ask prompt: a standalone question (no history), cached for identical ones."""
-        started = time.monotonic()
+        started = self.clock.monotonic()
         s = self.settings
         prompt = str(cmd.options.get("prompt", "")).strip()
         gate = self._gate(cmd.user_id, cmd.guild_id, prompt)
@@ -508,7 +499,8 @@ class Llm:
             return CommandAnswer(text, ephemeral=True)
         place = self._place(cmd.user_name, cmd.channel_id, cmd.guild_id)
         convo = Conversation(
-            system_prompt(s, place), (Turn("user", prompt, cmd.user_name, cmd.interaction_id),)
+            system_prompt(s, place, self._today()),
+            (Turn("user", prompt, cmd.user_name, cmd.interaction_id),),
         )
         cache_key = AnswerCache.key(s.model, convo.to_messages())
         sink: Sink = InteractionSink(self, cmd.interaction_id) if cmd.deferred else NullSink()
@@ -533,53 +525,59 @@ class Llm:
         return CommandAnswer(content, ephemeral=not outcome.ok)
 
     async def reset(self, cmd: CommandInvoked) -> CommandAnswer:
-        """/reset: messages before now are no longer part of this channel's conversation."""
+        """/reset: messages before now are no longer part of the caller's conversation in
+        this channel; an admin's /reset starts the channel afresh for everyone."""
         if cmd.channel_id is None:
             return CommandAnswer("Use /reset in a channel.", ephemeral=True)
-        now = time.time()
-        self.reset_marks[cmd.channel_id] = now
+        everyone = cmd.by_admin
+        key = reset_key(cmd.channel_id, None if everyone else cmd.user_id)
+        now = self.clock.wall()
+        self.reset_marks[key] = now
+        said = (
+            "Fresh start: I've forgotten this channel's conversation, for everyone."
+            if everyone
+            else "Fresh start: I've forgotten our conversation in this channel, for you "
+            "(others' go on; an admin's /reset clears it for everyone)."
+        )
         try:
             await self.service.call(
                 "persistence",
-                KvSet(RESET_NAMESPACE, cmd.channel_id, now),
+                KvSet(RESET_NAMESPACE, key, now),
                 timeout=min(self.settings.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
             )
-        except STORE_ERRORS as exc:
+        except UNREACHABLE as exc:
             logger.warning("llm: /reset not stored ({}): it lasts until llm restarts", exc)
-            return CommandAnswer(
-                "Fresh start: I've forgotten this channel's conversation "
-                "(until I restart: my store is not answering)."
-            )
-        return CommandAnswer("Fresh start: I've forgotten this channel's conversation.")
+            said += " (Until I restart: my store is not answering.)"
+        return CommandAnswer(said, ephemeral=not everyone)
 
     async def usage(self, cmd: CommandInvoked) -> CommandAnswer:
         """/usage: this guild's recent exchanges, tokens, latency and outcomes."""
         s = self.settings
-        since = time.time() - s.usage_window_s
+        since = self.clock.wall() - s.usage_window_s
         try:
-            body = await self.service.call(
+            usage = await self.service.call(
                 "persistence",
                 UsageRequest(since, cmd.guild_id),
                 timeout=min(s.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
             )
-        except STORE_ERRORS as exc:
+        except UNREACHABLE as exc:
             logger.warning("llm: /usage failed: {}", exc)
             return CommandAnswer(
                 "Usage is not available right now; try again later.", ephemeral=True
             )
-        return CommandAnswer(format_usage(body, s.usage_window_s))
+        return CommandAnswer(format_usage(usage, s.usage_window_s))
 
-    async def on_stats(self, _: StatsRequest) -> dict[str, Any]:
+    async def on_stats(self, _: StatsRequest) -> LlmStats:
         assert self.client is not None
         return self.stats.snapshot(self.cache, self.client.breaker)
 
     # --- talking to the gateway -----------------------------------------------------
 
-    async def gateway(self, msg: Message) -> dict[str, Any] | None:
+    async def gateway(self, msg: Request[R]) -> R | None:
         """A request to the gateway; None (logged) if it failed: Discord output is best effort."""
         try:
             return await self.service.call("gateway", msg, timeout=self.settings.gateway_timeout_s)
-        except GATEWAY_ERRORS as exc:
+        except UNREACHABLE as exc:
             logger.warning("llm: {} failed: {}", msg.TYPE, exc)
             return None
 
@@ -589,27 +587,17 @@ def log_failure(what: str, exc: BaseException) -> None:
     logger.error("llm: {}: {}", what, "".join(traceback.format_exception(exc)).rstrip())
 
 
-def _rows(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stored messages of a persistence answer (`{messages: [...]}`)."""
-    rows = body.get("messages")
-    if rows is None:
-        rows = next((v for v in body.values() if isinstance(v, list)), [])
-    return [r for r in rows if isinstance(r, dict)]
-
-
-def format_usage(body: dict[str, Any], window_s: float) -> str:
+def format_usage(usage: Usage, window_s: float) -> str:
     days = max(1, round(window_s / 86400))
-    p50 = body.get("latency_p50_ms")
-    latency = f", median {p50:.0f} ms" if isinstance(p50, int | float) else ""
-    outcomes = body.get("by_outcome") or {}
+    p50 = usage.latency_p50_ms
+    latency = f", median {p50:.0f} ms" if p50 is not None else ""
     lines = [
         f"**Language model, last {days} day{'s' if days != 1 else ''}**",
-        f"{body.get('exchanges', 0)} questions{latency}",
-        f"{body.get('prompt_tokens', 0)} prompt + {body.get('completion_tokens', 0)} "
-        "completion tokens",
+        f"{usage.exchanges} questions{latency}",
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens",
     ]
-    if outcomes:
-        lines.append(", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+    if usage.by_outcome:
+        lines.append(", ".join(f"{k}: {v}" for k, v in sorted(usage.by_outcome.items())))
     return "\n".join(lines)
 
 
@@ -620,10 +608,10 @@ class ChannelSink:
         self.llm = llm
         self.channel_id = channel_id
         self.reply_to_id = reply_to_id
-        self.ids: list[str | None] = []
+        self.ids: list[str] = []  # the message of each part
 
     def _mentions(self) -> dict[str, Any]:
-        return no_pings(self.llm.settings.allow_mentions)
+        return allowed_mentions(self.llm.settings.allow_mentions)
 
     async def send(self, index: int, content: str) -> bool:
         msg = SendMessage(
@@ -632,25 +620,20 @@ class ChannelSink:
             reply_to_id=self.reply_to_id if index == 0 else None,
             allowed_mentions=self._mentions(),
         )
-        body = await self.llm.gateway(msg)
-        if body is None:
+        sent = await self.llm.gateway(msg)
+        if sent is None:
             return False
-        message_id = body.get("id") or body.get("message_id")
-        if message_id is None:
-            logger.warning("llm: the gateway's discord.send reply has no id: cannot edit")
-        self.ids.append(str(message_id) if message_id is not None else None)
+        self.ids.append(sent.message_id)
         return True
 
     async def edit(self, index: int, content: str) -> bool:
         message_id = self.ids[index]
-        if message_id is None:
-            return False
         msg = EditMessage(self.channel_id, message_id, content, allowed_mentions=self._mentions())
         self.llm.history.edited(message_id, content)
         return await self.llm.gateway(msg) is not None
 
     def editable(self, index: int) -> bool:
-        return index >= len(self.ids) or self.ids[index] is not None
+        return True
 
     async def typing(self) -> None:
         await self.llm.gateway(Typing(self.channel_id))
@@ -699,6 +682,4 @@ class NullSink:
         return None
 
 
-__all__ = ["Llm", "build_service", "should_answer", "split_message"]
-
-service = build_service()
+__all__ = ["Llm", "build", "should_answer", "split_message"]

@@ -1,169 +1,94 @@
-"""The llm service's settings, typed, and re-read from services.toml when it changes.
+"""The llm service's settings: `[services.llm.settings]`, declared once with their bounds.
 
-A bad value never stops the service: it is logged and its default used, so an operator
-editing the system prompt of a running bot cannot take it down with a typo. The
-connection settings (base_url, request_timeout_s) and max_concurrent only apply on
+Prompts, channels, rates and limits apply live (a reload: SIGHUP or `run.py reload`).
+The connection settings (base_url, request_timeout_s) and max_concurrent apply on
 restart: the one AsyncOpenAI client of the process is built from them. OPENAI_BASE_URL
 in the environment wins over base_url (the sandbox points it at the stand-in).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import anyio
-from loguru import logger
+from protocol.discord import MESSAGE_LIMIT
+from protocol.settings import ServiceSettings, channel, setting, template
 
-from services.llm.ratelimit import Rate
-from supervisor.child import settings_overrides
-from supervisor.config import ConfigError, load
-
-RESTART_ONLY = ("base_url", "request_timeout_s", "max_concurrent")
+# What a system prompt may say: filled in for each answer (conversation.system_prompt).
+PLACEHOLDERS = ("guild", "channel", "date", "user")
 
 
 @dataclass(frozen=True)
-class LlmSettings:
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-mini"
-    max_context_tokens: int = 3000
-    max_prompt_chars: int = 4000
-    max_completion_tokens: int | None = None
-    max_answer_chars: int = 8000  # a longer stream is cut: at most ~5 Discord messages
-    request_timeout_s: float = 30.0
-    system_prompt: str = (
-        "You are a helpful Discord bot in {guild} #{channel}. Today is {date}. "
-        "You are talking to {user}."
-    )
-    system_prompts: dict[str, str] = field(default_factory=dict)  # channel/guild id or name
-    user_rate: Rate = field(default_factory=lambda: Rate(5, 60))
-    guild_rate: Rate = field(default_factory=lambda: Rate(30, 60))
-    conversation_channels: tuple[str, ...] = ()  # ids or names
-    cache_ttl_s: float = 300.0
-    allow_mentions: bool = False
-    log_prompts: bool = False
-    history_limit: int = 50  # messages fetched from persistence for a conversation
-    # Discord: ~5 sends+edits per 5 s per channel; one write a second leaves room.
-    edit_interval_s: float = 1.0
-    split_at: int = 1900
-    typing_interval_s: float = 8.0
-    max_attempts: int = 3
-    retry_after_cap_s: float = 10.0
-    retry_initial_s: float = 0.5
-    breaker_failures: int = 5
-    breaker_reset_s: float = 30.0
-    context_retries: int = 3  # context_length_exceeded: halve the budget this many times
-    store_timeout_s: float = 2.0
-    gateway_timeout_s: float = 5.0
-    max_concurrent: int = 8
-    answer_deadline_s: float = 100.0  # all retries included; the gateway waits 120 s for /ask
-    usage_window_s: float = 7 * 86400.0
-    reload_interval_s: float = 2.0
+class Rate:
+    """A token bucket's size, refilled completely in `per_s` seconds: `{tokens, per_s}`."""
 
-    @classmethod
-    def effective(cls, raw: dict[str, Any]) -> LlmSettings:
-        """The settings in force: services.toml's, with OPENAI_BASE_URL winning."""
-        settings = cls.parse(raw)
-        env_url = os.environ.get("OPENAI_BASE_URL")
-        return dataclasses.replace(settings, base_url=env_url) if env_url else settings
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> LlmSettings:
-        defaults = cls()
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in raw:
-                continue
-            value, default = raw[f.name], getattr(defaults, f.name)
-            parsed = _coerce(f.name, value, default)
-            if parsed is _BAD:
-                logger.warning(
-                    "llm setting {} = {!r} is invalid: using {!r}", f.name, value, default
-                )
-            else:
-                values[f.name] = parsed
-        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            logger.warning("unknown llm settings ignored: {}", ", ".join(sorted(unknown)))
-        return cls(**values)
+    tokens: float = setting(min=1)  # a burst of this many is allowed
+    per_s: float = setting(min=0.001)
 
 
-_BAD = object()
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if isinstance(default, Rate):
-        rate = Rate.parse(value, Rate(0, 0))
-        return _BAD if rate.tokens == 0 else rate
-    if name == "system_prompts":
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        return {str(k): v for k, v in value.items()} if ok else _BAD
-    if name == "conversation_channels":
-        ok = isinstance(value, list) and all(isinstance(v, str | int) for v in value)
-        return tuple(str(v).lstrip("#") for v in value) if ok else _BAD
-    if name == "max_completion_tokens":
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
-        return value if ok else _BAD
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else _BAD
-    if isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        return value if ok else _BAD
-    if isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        return float(value) if ok else _BAD
-    if isinstance(default, str):
-        return value if isinstance(value, str) and (value or name == "system_prompt") else _BAD
-    return _BAD
-
-
-class SettingsWatcher:
-    """Re-reads `[services.<name>.settings]` from $BOT_CONFIG whenever its mtime changes."""
-
-    def __init__(self, name: str, path: Path | None) -> None:
-        self.name = name
-        self.path = path
-        self._mtime: float | None = None
-
-    @classmethod
-    def from_env(cls, name: str) -> SettingsWatcher:
-        path = os.environ.get("BOT_CONFIG")
-        return cls(name, Path(path) if path else None)
-
-    async def prime(self) -> None:
-        """Remember the current mtime: what the runtime was started with is current."""
-        self._mtime = await self._stat()
-
-    async def _stat(self) -> float | None:
-        if self.path is None:
-            return None
-        try:
-            return (await anyio.Path(self.path).stat()).st_mtime
-        except OSError:
-            return None
-
-    async def poll(self) -> dict[str, Any] | None:
-        """The new raw settings if the file changed (and still parses), else None."""
-        mtime = await self._stat()
-        if mtime is None or mtime == self._mtime:
-            return None
-        self._mtime = mtime
-        path = self.path
-        assert path is not None
-        try:
-            config = await anyio.to_thread.run_sync(load, path)
-            return {**config.service(self.name).settings, **settings_overrides(self.name)}
-        except ConfigError as exc:
-            logger.warning("{} changed but is invalid; keeping the old settings: {}", path, exc)
-        except KeyError:
-            logger.warning(
-                "{} no longer has [services.{}]; keeping the old settings", path, self.name
-            )
+def _http_url(value: str) -> tuple[str, str] | None:
+    if value.startswith(("http://", "https://")):
         return None
+    return f"{value!r} is not an http(s) URL", 'write it as "https://host/v1"'
 
 
-def restart_only_changes(old: LlmSettings, new: LlmSettings) -> list[str]:
-    return [k for k in RESTART_ONLY if getattr(old, k) != getattr(new, k)]
+def _not_empty(value: str) -> tuple[str, str] | None:
+    return None if value.strip() else ("is empty", "set a value")
+
+
+def _channels(value: tuple[str, ...]) -> tuple[str, str] | None:
+    return next((found for c in value if (found := channel(c)) is not None), None)
+
+
+def _prompts(value: dict[str, Any]) -> tuple[str, str] | None:
+    for key, prompt in value.items():
+        if not isinstance(prompt, str):
+            return f"the prompt for {key!r} is not a string", "write each prompt as a string"
+    return template(*PLACEHOLDERS)(list(value.values()))
+
+
+@dataclass(frozen=True)
+class Settings(ServiceSettings):
+    base_url: str = setting("https://api.openai.com/v1", check=_http_url, live=False)
+    model: str = setting("gpt-4o-mini", check=_not_empty)
+    max_context_tokens: int = setting(3000, min=1)
+    max_prompt_chars: int = setting(4000, min=1)
+    max_completion_tokens: int | None = setting(None, min=1)  # None: the model's own limit
+    max_answer_chars: int = setting(8000, min=1)  # a longer stream is cut: ~5 messages
+    request_timeout_s: float = setting(30.0, min=0.1, live=False)
+    system_prompt: str = setting(
+        "You are a helpful Discord bot in {guild} #{channel}. Today is {date}. "
+        "You are talking to {user}.",
+        check=template(*PLACEHOLDERS),
+    )
+    # Per channel or guild (id or name), before system_prompt.
+    system_prompts: dict[str, str] = setting(factory=dict, check=_prompts)
+    user_rate: Rate = setting(factory=lambda: Rate(5, 60))
+    guild_rate: Rate = setting(factory=lambda: Rate(30, 60))
+    conversation_channels: tuple[str, ...] = setting((), check=_channels)  # ids or names
+    cache_ttl_s: float = setting(300.0, min=0)
+    allow_mentions: bool = setting(False)  # True: answers may ping the users they name
+    log_prompts: bool = setting(False)
+    history_limit: int = setting(50, min=1, max=100)  # persistence gives at most 100
+    # Discord: ~5 sends+edits per 5 s per channel; one write a second leaves room.
+    edit_interval_s: float = setting(1.0, min=0)
+    split_at: int = setting(1900, min=100, max=MESSAGE_LIMIT)
+    typing_interval_s: float = setting(8.0, min=0.1, max=10)  # Discord shows it for 10 s
+    max_attempts: int = setting(3, min=1)
+    retry_after_cap_s: float = setting(10.0, min=0)
+    retry_initial_s: float = setting(0.5, min=0)
+    breaker_failures: int = setting(5, min=1)
+    breaker_reset_s: float = setting(30.0, min=0.1)
+    context_retries: int = setting(3, min=0)  # context_length_exceeded: halve the budget
+    store_timeout_s: float = setting(2.0, min=0.05)
+    gateway_timeout_s: float = setting(5.0, min=0.05)
+    max_concurrent: int = setting(8, min=1, live=False)
+    # All retries included; the gateway waits 120 s for /ask.
+    answer_deadline_s: float = setting(100.0, min=1, max=120)
+    usage_window_s: float = setting(7 * 86400.0, min=60)
+
+
+def base_url(settings: Settings) -> str:
+    """The endpoint in force: OPENAI_BASE_URL in the environment wins over the setting."""
+    return os.environ.get("OPENAI_BASE_URL") or settings.base_url

@@ -20,7 +20,6 @@ from typing import Protocol
 import anyio
 from loguru import logger
 
-DISCORD_LIMIT = 2000
 FENCE = "```"
 
 

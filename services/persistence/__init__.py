@@ -1,6 +1,6 @@
 """Persistence: stores Discord and llm events in SQL (SQLite or PostgreSQL) behind a JSONL
 journal, and answers the store.* queries. See docs/persistence.md."""
 
-from services.persistence.service import service
+from services.persistence.service import build
 
-__all__ = ["service"]
+__all__ = ["build"]

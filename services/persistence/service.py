@@ -8,15 +8,13 @@ used right now (locked, restarting) raises TransientError, so the sender redeliv
 later. All file and database work runs on a worker thread, one call at a time over
 one connection, never on the event loop.
 
-Settings: journal_max_mb (64), journal_fsync (false), sqlite_synchronous ("NORMAL"),
-sqlite_busy_timeout_ms (5000). Environment: DATABASE_URL, any peewee database URL
-(default: SQLite at DATA_DIR/bot.sqlite3).
+Settings: settings.py. Environment: DATABASE_URL, any peewee database URL (default:
+SQLite at DATA_DIR/bot.sqlite3).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +22,7 @@ from typing import Any, TypeVar
 import anyio
 from loguru import logger
 
+from protocol.clock import Clock
 from protocol.discord import (
     MemberBanned,
     MemberJoined,
@@ -36,16 +35,23 @@ from protocol.discord import (
 from protocol.messages import Message
 from protocol.runtime import Service, TransientError
 from protocol.store import (
+    Counts,
     KvGet,
     KvSet,
+    KvStored,
+    KvValue,
     LlmExchange,
+    MemberEventList,
     MemberEvents,
     RecentMessages,
     ReplyChain,
     StoreCounts,
+    StoredMessages,
+    Usage,
     UsageRequest,
 )
 from services.persistence.journal import Journal
+from services.persistence.settings import Settings
 from services.persistence.store import DatabaseUnavailable, Store, describe_url, open_database
 
 STORED_EVENTS: tuple[type[Message], ...] = (
@@ -64,26 +70,27 @@ T = TypeVar("T")
 class Persistence:
     """The store and the journal, and the worker thread they run on (one call at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.store: Store | None = None
         self.journal: Journal | None = None
         self._limiter = anyio.CapacityLimiter(1)
         # The bus is up before setup has opened the database: early events wait for it.
         self._opened = anyio.Event()
 
-    async def open(self, data_dir: Path, settings: dict[str, Any]) -> None:
+    async def open(self, data_dir: Path, settings: Settings) -> None:
         await anyio.to_thread.run_sync(self._open, data_dir, settings, limiter=self._limiter)
         self._opened.set()
 
-    def _open(self, data_dir: Path, settings: dict[str, Any]) -> None:
+    def _open(self, data_dir: Path, settings: Settings) -> None:
         url = os.environ.get("DATABASE_URL") or None
         sqlite_path = data_dir / "bot.sqlite3"
         where = describe_url(url) if url else str(sqlite_path)
         db = open_database(
             url,
             sqlite_path,
-            synchronous=str(settings.get("sqlite_synchronous", "NORMAL")),
-            busy_timeout_ms=int(settings.get("sqlite_busy_timeout_ms", 5000)),
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         )
         store = Store(db)
         try:
@@ -93,9 +100,10 @@ class Persistence:
             store.close()
             raise
         self.store = store
-        max_mb = float(settings.get("journal_max_mb", 64))
         self.journal = Journal(
-            data_dir / "journal", int(max_mb * 1024 * 1024), bool(settings.get("journal_fsync"))
+            data_dir / "journal",
+            int(settings.journal_max_mb * 1024 * 1024),
+            settings.journal_fsync,
         )
         logger.info(
             "database at {} (schema v{} -> v{}); journal {}",
@@ -134,7 +142,7 @@ class Persistence:
         if self.store is None or self.journal is None:  # stopping: not acked, redelivered
             raise DatabaseUnavailable("the service is stopping")
         type_name = events[0].TYPE
-        self.journal.append(type_name, [e.to_body() for e in events], time.time())
+        self.journal.append(type_name, [e.to_body() for e in events], self.clock.wall())
         result = self.store.apply(type_name, events)
         if result.skipped:
             logger.warning("{}: {} stored, {} skipped", type_name, result.stored, result.skipped)
@@ -145,7 +153,7 @@ class Persistence:
     def _kv_set(self, req: KvSet) -> bool:
         if self.store is None or self.journal is None:
             raise DatabaseUnavailable("the service is stopping")
-        self.journal.append(KvSet.TYPE, [req.to_body()], time.time())
+        self.journal.append(KvSet.TYPE, [req.to_body()], self.clock.wall())
         return self.store.kv_set(req)
 
     def queries(self) -> Store:
@@ -154,10 +162,10 @@ class Persistence:
         return self.store
 
 
-def build_service(name: str = "persistence") -> Service:
-    """A fresh service (tests run several in one process; the runtime uses `service`)."""
-    service = Service(name)
-    p = Persistence()
+def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
+    """The service and its state, fresh (tests run several in one process)."""
+    service = Service("persistence", Settings, clock)
+    p = Persistence(service.clock)
 
     @service.setup
     async def open_store() -> None:
@@ -179,40 +187,38 @@ def build_service(name: str = "persistence") -> Service:
     # --- what it answers ------------------------------------------------------------
 
     @service.request(RecentMessages)
-    async def recent_messages(req: RecentMessages) -> dict[str, Any]:
+    async def recent_messages(req: RecentMessages) -> StoredMessages:
         rows = await p.run(
             lambda: p.queries().recent_messages(
                 req.channel_id, req.limit, req.before_id, req.after_ts
             )
         )
-        return {"messages": rows}
+        return StoredMessages(rows)
 
     @service.request(ReplyChain)
-    async def reply_chain(req: ReplyChain) -> dict[str, Any]:
-        rows = await p.run(lambda: p.queries().reply_chain(req.message_id, req.limit))
-        return {"messages": rows}
+    async def reply_chain(req: ReplyChain) -> StoredMessages:
+        return StoredMessages(
+            await p.run(lambda: p.queries().reply_chain(req.message_id, req.limit))
+        )
 
     @service.request(MemberEvents)
-    async def member_events(req: MemberEvents) -> dict[str, Any]:
+    async def member_events(req: MemberEvents) -> MemberEventList:
         return await p.run(lambda: p.queries().member_events(req.guild_id, req.since, req.until))
 
     @service.request(StoreCounts)
-    async def counts(_: StoreCounts) -> dict[str, Any]:
+    async def counts(_: StoreCounts) -> Counts:
         return await p.run(lambda: p.queries().counts())
 
     @service.request(KvGet)
-    async def kv_get(req: KvGet) -> dict[str, Any]:
-        return {"value": await p.run(lambda: p.queries().kv_get(req.namespace, req.key))}
+    async def kv_get(req: KvGet) -> KvValue:
+        return KvValue(await p.run(lambda: p.queries().kv_get(req.namespace, req.key)))
 
     @service.request(KvSet)
-    async def kv_set(req: KvSet) -> dict[str, Any]:
-        return {"stored": await p.kv_set(req)}
+    async def kv_set(req: KvSet) -> KvStored:
+        return KvStored(await p.kv_set(req))
 
     @service.request(UsageRequest)
-    async def usage(req: UsageRequest) -> dict[str, Any]:
+    async def usage(req: UsageRequest) -> Usage:
         return await p.run(lambda: p.queries().usage(req.since, req.guild_id))
 
-    return service
-
-
-service = build_service()
+    return service, p

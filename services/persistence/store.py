@@ -42,7 +42,7 @@ from protocol.discord import (
     MessageEdited,
 )
 from protocol.messages import Message
-from protocol.store import KvSet, LlmExchange
+from protocol.store import Counts, KvSet, LlmExchange, MemberEventList, Usage
 from services.persistence.journal import to_json
 from services.persistence.models import (
     Channel,
@@ -631,7 +631,7 @@ class Store:
         chain.reverse()
         return chain
 
-    def member_events(self, guild_id: str, since: float, until: float) -> dict[str, Any]:
+    def member_events(self, guild_id: str, since: float, until: float) -> MemberEventList:
         """Events with since <= at <= until, oldest first; `bot` from the users table when
         the event itself does not say (bans)."""
         e = MemberEvent
@@ -652,21 +652,20 @@ class Store:
             )
         for row in rows:
             row["bot"] = None if row["bot"] is None else bool(row["bot"])
-        return {"events": rows[:MAX_MEMBER_EVENTS], "truncated": len(rows) > MAX_MEMBER_EVENTS}
+        return MemberEventList(rows[:MAX_MEMBER_EVENTS], truncated=len(rows) > MAX_MEMBER_EVENTS)
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self) -> Counts:
         m = StoredMessage
         with self._unavailable_on_error():
-            counts = {
-                "messages": m.select().count(),
-                "deleted": m.select().where(m.deleted == True).count(),  # noqa: E712
-                "edits": MessageEdit.select().count(),
-                "users": User.select().count(),
-                "member_events": MemberEvent.select().count(),
-                "exchanges": LlmExchangeRow.select().count(),
-            }
-            counts["db_bytes"] = self._db_bytes()
-        return counts
+            return Counts(
+                messages=m.select().count(),
+                deleted=m.select().where(m.deleted == True).count(),  # noqa: E712
+                edits=MessageEdit.select().count(),
+                users=User.select().count(),
+                member_events=MemberEvent.select().count(),
+                exchanges=LlmExchangeRow.select().count(),
+                db_bytes=self._db_bytes(),
+            )
 
     def _db_bytes(self) -> int | None:
         if self.is_sqlite:
@@ -680,7 +679,7 @@ class Store:
             return self.db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0]
         return None
 
-    def usage(self, since: float, guild_id: str | None = None) -> dict[str, Any]:
+    def usage(self, since: float, guild_id: str | None = None) -> Usage:
         x = LlmExchangeRow
         where = x.at >= since
         if guild_id is not None:
@@ -712,13 +711,13 @@ class Store:
                     .tuples()
                 ]
                 p50 = sum(middle) / len(middle)
-        return {
-            "exchanges": int(n),
-            "prompt_tokens": int(prompt),
-            "completion_tokens": int(completion),
-            "by_outcome": {k: int(v) for k, v in by_outcome.items()},
-            "latency_p50_ms": p50,
-        }
+        return Usage(
+            exchanges=int(n),
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            by_outcome={k: int(v) for k, v in by_outcome.items()},
+            latency_p50_ms=p50,
+        )
 
 
 # --- helpers ------------------------------------------------------------------------------

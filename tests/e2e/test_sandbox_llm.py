@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from protocol.discord import NO_PINGS
 from sandbox.openai_standin import long_answer
 from services.llm.messages import StatsRequest
 from tests.support.harness import Running, wait_for
@@ -42,7 +43,6 @@ guild_rate = { tokens = 1000, per_s = 60 }
 """
 )
 
-NO_PINGS = {"parse": [], "replied_user": False}
 SEND = ("POST", "/channels/{channel_id}/messages")
 EDIT = ("PATCH", "/channels/{channel_id}/messages/{message_id}")
 _users = itertools.count(1)

@@ -1,11 +1,11 @@
 """The llm service end to end, in one process: the real service over real ZeroMQ, the
-real openai SDK against the OpenAI stand-in, and small fake gateway and persistence
-services that answer the requests and record what they were sent."""
+real openai SDK against the OpenAI stand-in, and the fake gateway and persistence
+(tests/support/fakes.py) answering its requests with the protocol's reply types and
+recording what they were sent."""
 
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,32 +18,38 @@ import pytest
 from loguru import logger
 
 from protocol.bus import Topology
+from protocol.commands import Tier
 from protocol.discord import (
+    NO_PINGS,
     CommandAnswer,
     CommandInvoked,
     EditInteraction,
     EditMessage,
-    GuildReady,
     InteractionFollowup,
     MessageCreated,
     SendMessage,
     Typing,
 )
-from protocol.messages import Message, Ping
+from protocol.messages import ApplySettings, Outcome, Ping
 from protocol.runtime import RuntimeContext, Service
-from protocol.store import KvGet, KvSet, LlmExchange, RecentMessages, ReplyChain, UsageRequest
+from protocol.store import LlmExchange, RecentMessages, ReplyChain, UsageRequest
 from sandbox.openai_standin import OpenAIStandin, answer_for
-from services.llm.messages import StatsRequest
-from services.llm.outcomes import Outcome
-from services.llm.service import build_service
+from services.llm import build
+from services.llm.messages import LlmStats, StatsRequest
+from services.llm.outcomes import Outcome as Answered
+from tests.support.fakes import (
+    BOT_USER,
+    CHANNELS,
+    GUILD,
+    ConversationStore,
+    StreamingGateway,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 KEY = "sandbox-key"
-BOT = "900"
-GUILD = "500"
-GENERAL = "600"
-NO_PINGS = {"parse": [], "replied_user": False}
+BOT = BOT_USER
+GENERAL = next(c["id"] for c in CHANNELS if c["name"] == "general")
 FAST = {
     "model": "sandbox-model",
     "edit_interval_s": 0.1,
@@ -57,105 +63,12 @@ FAST = {
 
 
 @dataclass
-class Write:
-    t: float
-    msg: Message
-
-
-@dataclass
-class FakeGateway:
-    """Serves discord.send/edit/typing and interaction edits; remembers every one."""
-
-    service: Service = field(default_factory=lambda: Service("gateway"))
-    writes: list[Write] = field(default_factory=list)
-    shown: dict[str, str] = field(default_factory=dict)  # message id -> content
-    ids: Any = field(default_factory=lambda: itertools.count(10_000))
-
-    def __post_init__(self) -> None:
-        self.service.request(SendMessage)(self.send)
-        self.service.request(EditMessage)(self.edit)
-        self.service.request(Typing)(self.record)
-        self.service.request(EditInteraction)(self.record)
-        self.service.request(InteractionFollowup)(self.record)
-
-    async def send(self, msg: SendMessage) -> dict[str, Any]:
-        self.writes.append(Write(time.monotonic(), msg))
-        message_id = str(next(self.ids))
-        self.shown[message_id] = msg.content
-        return {"message_id": message_id}  # as services/gateway answers
-
-    async def edit(self, msg: EditMessage) -> dict[str, Any]:
-        self.writes.append(Write(time.monotonic(), msg))
-        assert msg.message_id in self.shown, "edit of a message never sent"
-        self.shown[msg.message_id] = msg.content or ""
-        return {}
-
-    async def record(self, msg: Message) -> dict[str, Any]:
-        self.writes.append(Write(time.monotonic(), msg))
-        return {}
-
-    def of(self, kind: type[Message]) -> list[Any]:
-        return [w.msg for w in self.writes if isinstance(w.msg, kind)]
-
-    def messages(self) -> list[str]:
-        """What the channel shows now, in the order the messages were sent."""
-        return [self.shown[k] for k in sorted(self.shown)]
-
-
-@dataclass
-class FakeStore:
-    """Serves the persistence queries from lists; records exchanges and queries."""
-
-    service: Service = field(default_factory=lambda: Service("persistence"))
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    chain: list[dict[str, Any]] = field(default_factory=list)
-    kv: dict[tuple[str, str], Any] = field(default_factory=dict)
-    queries: list[Message] = field(default_factory=list)
-    exchanges: dict[str, LlmExchange] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.service.request(RecentMessages)(self.recent)
-        self.service.request(ReplyChain)(self.reply_chain)
-        self.service.request(KvGet)(self.kv_get)
-        self.service.request(KvSet)(self.kv_set)
-        self.service.request(UsageRequest)(self.usage)
-        self.service.event(LlmExchange)(self.exchange)
-
-    async def recent(self, q: RecentMessages) -> dict[str, Any]:
-        self.queries.append(q)
-        return {"messages": self.rows}
-
-    async def reply_chain(self, q: ReplyChain) -> dict[str, Any]:
-        self.queries.append(q)
-        return {"messages": self.chain}
-
-    async def kv_get(self, q: KvGet) -> dict[str, Any]:
-        return {"value": self.kv.get((q.namespace, q.key))}
-
-    async def kv_set(self, q: KvSet) -> dict[str, Any]:
-        self.kv[(q.namespace, q.key)] = q.value
-        return {"stored": True}
-
-    async def usage(self, q: UsageRequest) -> dict[str, Any]:
-        self.queries.append(q)
-        return {
-            "exchanges": 2,
-            "prompt_tokens": 30,
-            "completion_tokens": 12,
-            "by_outcome": {"ok": 2},
-            "latency_p50_ms": 150.0,
-        }
-
-    async def exchange(self, ev: LlmExchange) -> None:
-        self.exchanges[ev.id] = ev
-
-
-@dataclass
 class World:
     llm: OpenAIStandin
     service: Service
-    gateway: FakeGateway
-    store: FakeStore
+    gateway: StreamingGateway
+    store: ConversationStore
+    settings: dict[str, Any]
     ids: Any = field(default_factory=lambda: itertools.count(1))
 
     async def say(
@@ -186,68 +99,68 @@ class World:
                 await anyio.sleep(0.01)
         return self.store.exchanges[msg.id]
 
-    async def command(self, name: str, **options: Any) -> CommandAnswer:
+    async def command(
+        self, name: str, user: str = "100", tier: Tier = Tier.MEMBER, **options: Any
+    ) -> CommandAnswer:
         cmd = CommandInvoked(
             interaction_id=str(next(self.ids)),
             command=name,
             options=options,
-            user_id="100",
+            user_id=user,
             user_name="ann",
             channel_id=GENERAL,
             guild_id=GUILD,
-            is_admin=False,
+            tier=tier.value,
             deferred=True,
         )
-        body = await self.gateway.service.call("llm", cmd, timeout=20)
-        return CommandAnswer(**body)
+        return await self.gateway.service.call("llm", cmd, timeout=20)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> LlmStats:
         return await self.gateway.service.call("llm", StatsRequest(), timeout=5)
+
+    async def reload(self, **changes: Any) -> Outcome:
+        """What the supervisor sends on SIGHUP or `run.py reload`: the whole new table."""
+        self.settings = {**self.settings, **changes}
+        return await self.gateway.service.call("llm", ApplySettings(self.settings))
+
+    def system_prompt(self) -> str:
+        return self.llm.calls[-1].messages[0]["content"]
 
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    store: bool = True,
-    config_path: Path | None = None,
-    **settings: Any,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, store: bool = True, **settings: Any
 ) -> AsyncIterator[World]:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    for name in ("OPENAI_BASE_URL", "BOT_SETTINGS_OVERRIDES"):
-        monkeypatch.delenv(name, raising=False)
-    if config_path is None:
-        monkeypatch.delenv("BOT_CONFIG", raising=False)
-    else:
-        monkeypatch.setenv("BOT_CONFIG", str(config_path))
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     topology = Topology(
         {name: f"ipc://{tmp_path}/{name}.sock" for name in ("llm", "gateway", "persistence")},
         {
             "discord.message.created": ["llm"],
+            "discord.message.edited": ["llm"],
+            "discord.message.deleted": ["llm"],
             "discord.guild.ready": ["llm"],
             "discord.connection": ["llm"],
             "llm.exchange": ["persistence"],
         },
     )
     async with OpenAIStandin(port=0, api_key=KEY) as llm:
-        world = World(llm, build_service(), FakeGateway(), FakeStore())
+        service, _ = build()
         config = {**FAST, "base_url": llm.base_url, **settings}
+        world = World(llm, service, StreamingGateway(), ConversationStore(), config)
         services = [world.service, world.gateway.service]
         if store:
             services.append(world.store.service)
         async with anyio.create_task_group() as tg:
             for s in services:
-                ctx = RuntimeContext(s.name, topology, tmp_path / s.name, config)
+                own = config if s is world.service else {}
+                ctx = RuntimeContext(s.name, topology, tmp_path / s.name, own)
                 tg.start_soon(s.run, ctx)
             with anyio.fail_after(5):
                 while world.service.bus is None or world.gateway.service.bus is None:
                     await anyio.sleep(0.01)
                 await world.gateway.service.call("llm", Ping(), timeout=5)
-            await world.gateway.service.publish(
-                GuildReady(GUILD, "Cafe", [{"id": GENERAL, "name": "general"}], 3, BOT)
-            )
-            # Same connection, so the event is in before the ping's answer; give its lane a turn.
+            # The gateway's retained GuildReady (who the bot is) reaches llm on connecting.
             await world.gateway.service.call("llm", Ping(), timeout=5)
             await anyio.sleep(0.05)
             try:
@@ -266,10 +179,6 @@ def expected(world: World, call: int = -1) -> str:
     return answer_for(world.llm.calls[call].messages, world.llm.settings)
 
 
-def shown_in_order(world: World) -> list[str]:
-    return world.gateway.messages()
-
-
 # --- answering ---------------------------------------------------------------------------
 
 
@@ -282,20 +191,20 @@ async def test_a_mention_gets_a_reply_sent_at_once_then_edited_in_place_throttle
         msg = await world.mention("tell me about the weather in the mountains this week")
         exchange = await world.answered(msg)
         gw = world.gateway
-        writes = [w for w in gw.writes if isinstance(w.msg, SendMessage | EditMessage)]
-        first, *edits = writes
-        assert isinstance(first.msg, SendMessage) and first.msg.reply_to_id == msg.id
-        assert first.t - asked < 1.0, "the first words appear within a second"
-        assert len(edits) >= 2 and all(isinstance(w.msg, EditMessage) for w in edits)
-        assert {w.msg.message_id for w in edits} == set(gw.shown)  # edited in place
-        gaps = [b.t - a.t for a, b in itertools.pairwise(writes)]
+        writes = [(t, w) for t, w in gw.writes if isinstance(w, SendMessage | EditMessage)]
+        (first_t, first), *edits = writes
+        assert isinstance(first, SendMessage) and first.reply_to_id == msg.id
+        assert first_t - asked < 1.0, "the first words appear within a second"
+        assert len(edits) >= 2 and all(isinstance(w, EditMessage) for _, w in edits)
+        assert {w.message_id for _, w in edits} == set(gw.showing)  # edited in place
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(writes)]
         assert min(gaps) >= 0.09, f"writes closer than edit_interval_s: {gaps}"
-        assert all(w.msg.allowed_mentions == NO_PINGS for w in writes)
-        assert gw.messages() == [expected(world)]
-        kinds = [type(w.msg) for w in gw.writes]
+        assert all(w.allowed_mentions == NO_PINGS for _, w in writes)
+        assert gw.shown() == [expected(world)]
+        kinds = [type(w) for _, w in gw.writes]
         assert Typing in kinds[: kinds.index(SendMessage)], "typing while waiting for tokens"
         sent = world.llm.calls[-1].messages
-        assert sent[0]["role"] == "system" and "Cafe #general" in sent[0]["content"]
+        assert sent[0]["role"] == "system" and "Test #general" in sent[0]["content"]
         assert sent[-1] == {
             "role": "user",
             "content": "tell me about the weather in the mountains this week",
@@ -311,7 +220,7 @@ async def test_a_long_answer_continues_in_new_messages_with_code_fences_balanced
     async with running(tmp_path, monkeypatch, edit_interval_s=0.02) as world:
         msg = await world.mention("!long 5000")
         assert (await world.answered(msg)).outcome == "ok"
-        parts = world.gateway.messages()
+        parts = world.gateway.shown()
         assert len(parts) >= 3
         assert all(len(p) < 2000 for p in parts)
         assert all(p.count("```") % 2 == 0 for p in parts), "every message closes its fence"
@@ -330,7 +239,7 @@ async def test_model_output_with_everyone_pings_nobody(
     async with running(tmp_path, monkeypatch) as world:
         msg = await world.mention("!echo @everyone hi")
         await world.answered(msg)
-        assert world.gateway.messages() == ["@everyone hi"]
+        assert world.gateway.shown() == ["@everyone hi"]
         writes = world.gateway.of(SendMessage) + world.gateway.of(EditMessage)
         assert writes and all(w.allowed_mentions == NO_PINGS for w in writes)
 
@@ -413,34 +322,58 @@ async def test_context_too_long_is_trimmed_and_answered(
         sizes = [len(c.messages) for c in world.llm.calls]
         assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
         assert world.llm.calls[-1].messages[-1]["content"] == "what did we say?"
-        assert world.gateway.messages() == [expected(world)]
+        assert world.gateway.shown() == [expected(world)]
 
 
-async def test_reset_starts_a_fresh_context_and_usage_shows_totals(
+async def test_reset_forgets_the_callers_conversation_and_an_admins_reset_everyones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running(tmp_path, monkeypatch) as world:
-        answer = await world.command("reset")
-        assert "fresh start" in answer.content.lower()
-        mark = world.store.kv[("llm.reset", GENERAL)]
-        assert abs(mark - time.time()) < 5
+        before = time.time() - 10
         world.store.rows = [
-            {"id": "r1", "author_id": "100", "content": "before reset", "created_at": mark - 1},
-            {"id": "r2", "author_id": "100", "content": "after reset", "created_at": mark + 0.01},
-        ]
-        await anyio.sleep(0.05)
-        msg = await world.mention("so?")
-        await world.answered(msg)
-        # The store is asked for the whole recent history (it seeds the service's own
-        # view of the channel); the /reset mark is applied when building the prompt.
-        assert any(isinstance(q, RecentMessages) for q in world.store.queries)
-        contents = [m["content"] for m in world.llm.calls[-1].messages]
-        assert "before reset" not in contents and "after reset" in contents
+            {"id": "r1", "author_id": "101", "author_name": "bob", "content": "bob before",
+             "created_at": before},
+            {"id": "r2", "author_id": "100", "author_name": "ann", "content": "ann before",
+             "created_at": before + 1},
+        ]  # fmt: skip
 
+        mine = await world.command("reset")
+        assert "fresh start" in mine.content.lower() and "for you" in mine.content
+        assert mine.ephemeral, "only the caller's conversation changed"
+        mark = world.store.kv[("llm.reset", f"{GENERAL}:100")]
+        assert abs(mark - time.time()) < 5
+        await anyio.sleep(0.05)
+        ann = await world.mention("so?")
+        await world.answered(ann)
+        said = [m["content"] for m in world.llm.calls[-1].messages[1:]]
+        assert said == ["so?"], "ann's conversation starts afresh"
+        assert any(isinstance(q, RecentMessages) for q in world.store.queries)
+
+        bob = await world.mention("and me?", author="101", name="bob")
+        await world.answered(bob)
+        said = [m["content"] for m in world.llm.calls[-1].messages[1:]]
+        assert "bob: bob before" in said and "ann: ann before" in said, "bob's goes on"
+
+        everyone = await world.command("reset", user="102", tier=Tier.ADMIN)
+        assert "for everyone" in everyone.content and not everyone.ephemeral
+        assert ("llm.reset", GENERAL) in world.store.kv
+        await anyio.sleep(0.05)
+        again = await world.mention("fresh?", author="101", name="bob")
+        await world.answered(again)
+        assert [m["content"] for m in world.llm.calls[-1].messages[1:]] == ["fresh?"]
+
+
+async def test_usage_shows_the_guilds_totals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(tmp_path, monkeypatch) as world:
         usage = await world.command("usage")
-        assert "2 questions" in usage.content and "30 prompt + 12 completion" in usage.content
-        assert isinstance(world.store.queries[-1], UsageRequest)
-        assert world.store.queries[-1].guild_id == GUILD
+        assert "4 questions, median 900 ms" in usage.content
+        assert "400 prompt + 200 completion" in usage.content
+        assert "error: 1, ok: 3" in usage.content
+        query = world.store.queries[-1]
+        assert isinstance(query, UsageRequest) and query.guild_id == GUILD
+        assert abs(query.since - (time.time() - 7 * 86400)) < 5
 
 
 async def test_without_persistence_the_message_alone_is_the_context(
@@ -449,7 +382,7 @@ async def test_without_persistence_the_message_alone_is_the_context(
     async with running(tmp_path, monkeypatch, store=False) as world:
         msg = await world.mention("are you there?")
         with anyio.fail_after(10):  # no exchange record to wait for: the store is down
-            while not world.llm.calls or world.gateway.messages() != [expected(world)]:
+            while not world.llm.calls or world.gateway.shown() != [expected(world)]:
                 await anyio.sleep(0.02)
         assert [m["role"] for m in world.llm.calls[0].messages] == ["system", "user"]
         assert world.gateway.of(SendMessage)[0].reply_to_id == msg.id
@@ -474,7 +407,7 @@ async def test_ask_streams_into_the_interaction_and_a_repeat_comes_from_the_cach
         assert again.content == answer.content
         assert len(world.llm.calls) == 1, "the cache answered: no second API call"
         stats = await world.stats()
-        assert stats["cache_hits"] == 1 and stats["requests"] == 2
+        assert stats.cache_hits == 1 and stats.requests == 2
         with anyio.fail_after(5):
             while len(world.store.exchanges) < 2:
                 await anyio.sleep(0.01)
@@ -505,7 +438,7 @@ async def test_two_429s_then_success_give_one_reply(
         assert (await world.answered(msg)).outcome == "ok"
         assert [c.outcome for c in world.llm.calls] == ["429", "429", "ok"]
         assert len(world.gateway.of(SendMessage)) == 1
-        assert world.gateway.messages() == [expected(world)]
+        assert world.gateway.shown() == [expected(world)]
 
 
 async def test_endpoint_down_opens_the_breaker_then_fails_fast_and_recovers(
@@ -517,21 +450,21 @@ async def test_endpoint_down_opens_the_breaker_then_fails_fast_and_recovers(
         first = await world.mention("one")
         assert (await world.answered(first)).outcome == "model_unavailable"
         assert [c.outcome for c in world.llm.calls] == ["503", "503"]
-        assert (await world.stats())["breaker"] == "open"
+        assert (await world.stats()).breaker == "open"
 
         started = time.monotonic()
         second = await world.mention("two")
         assert (await world.answered(second)).outcome == "model_unavailable"
         assert time.monotonic() - started < 0.5, "answered at once"
         assert len(world.llm.calls) == 2, "no API call while the breaker is open"
-        assert world.gateway.messages()[-1] == "The model is unavailable, try again in 1 s."
+        assert world.gateway.shown()[-1] == "The model is unavailable, try again in 1 s."
 
         world.llm.update_settings(down=False)
         await anyio.sleep(1.1)  # the breaker's reset timeout: the next question is the probe
         third = await world.mention("three")
         assert (await world.answered(third)).outcome == "ok"
-        assert (await world.stats())["breaker"] == "closed"
-        assert world.gateway.messages()[-1] == expected(world)
+        assert (await world.stats()).breaker == "closed"
+        assert world.gateway.shown()[-1] == expected(world)
 
 
 async def test_a_user_over_the_rate_limit_is_told_to_slow_down_without_an_api_call(
@@ -542,7 +475,7 @@ async def test_a_user_over_the_rate_limit_is_told_to_slow_down_without_an_api_ca
         assert (await world.answered(ok)).outcome == "ok"
         over = await world.mention("second")
         assert (await world.answered(over)).outcome == "rate_limited_user"
-        assert "slow down" in world.gateway.messages()[-1].lower()
+        assert "slow down" in world.gateway.shown()[-1].lower()
         again = await world.mention("third")
         assert (await world.answered(again)).outcome == "rate_limited_user"
         assert len(world.gateway.of(SendMessage)) == 2, "told once, not once per message"
@@ -566,7 +499,7 @@ async def test_a_401_gives_the_auth_outcome_and_one_log_line_for_the_operator(
                 msg = await world.mention(text)
                 assert (await world.answered(msg)).outcome == "auth_failed"
             assert [c.outcome for c in world.llm.calls] == ["401", "401"], "no retries"
-            assert world.gateway.messages()[-1] == Outcome.AUTH_FAILED.message()
+            assert world.gateway.shown()[-1] == Answered.AUTH_FAILED.message()
     finally:
         logger.remove(sink)
     operator = [line for line in lines if "OPENAI_API_KEY" in line]
@@ -578,11 +511,11 @@ async def test_garbage_and_truncated_streams_are_bad_responses_and_the_service_g
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running(tmp_path, monkeypatch) as world:
-        bad = Outcome.BAD_RESPONSE.message()
+        bad = Answered.BAD_RESPONSE.message()
         world.llm.queue_faults([{"kind": "garbage"}])
         garbage = await world.mention("one")
         assert (await world.answered(garbage)).outcome == "bad_response"
-        assert world.gateway.messages()[-1] == bad
+        assert world.gateway.shown()[-1] == bad
 
         world.llm.queue_faults([{"kind": "garbage", "content_type": "text/html"}])
         html = await world.mention("two")
@@ -591,7 +524,7 @@ async def test_garbage_and_truncated_streams_are_bad_responses_and_the_service_g
         world.llm.queue_faults([{"kind": "truncated_stream"}])
         cut = await world.mention("a b c d e f g h i j k l m n o p")
         assert (await world.answered(cut)).outcome == "bad_response"
-        shown = world.gateway.messages()[-1]
+        shown = world.gateway.shown()[-1]
         assert shown.startswith("Echo: a b") and shown.endswith(f"*{bad}*")
 
         world.llm.queue_faults([{"kind": "truncated_stream", "abort": False}])
@@ -600,9 +533,9 @@ async def test_garbage_and_truncated_streams_are_bad_responses_and_the_service_g
 
         fine = await world.mention("still there?")
         assert (await world.answered(fine)).outcome == "ok"
-        assert world.gateway.messages()[-1] == expected(world)
+        assert world.gateway.shown()[-1] == expected(world)
         stats = await world.stats()
-        assert stats["errors_by_outcome"] == {"bad_response": 4}
+        assert stats.errors_by_outcome == {"bad_response": 4}
 
 
 async def test_a_prompt_over_max_prompt_chars_is_refused_without_an_api_call(
@@ -611,7 +544,7 @@ async def test_a_prompt_over_max_prompt_chars_is_refused_without_an_api_call(
     async with running(tmp_path, monkeypatch, max_prompt_chars=50) as world:
         msg = await world.mention("x" * 51)
         assert (await world.answered(msg)).outcome == "prompt_too_long"
-        assert "50 characters" in world.gateway.messages()[-1]
+        assert "50 characters" in world.gateway.shown()[-1]
         assert world.llm.calls == []
 
 
@@ -626,34 +559,40 @@ async def test_a_hung_request_times_out_and_is_retried(
         world.llm.queue_faults([{"kind": "hang", "seconds": 10}] * 2)
         gave_up = await world.mention("two")
         assert (await world.answered(gave_up)).outcome == "timeout"
-        assert world.gateway.messages()[-1] == Outcome.TIMEOUT.message()
+        assert world.gateway.shown()[-1] == Answered.TIMEOUT.message()
         assert [c.outcome for c in world.llm.calls] == ["hang", "ok", "hang", "hang"]
 
 
-async def test_prompt_settings_follow_services_toml_without_a_restart(
+async def test_a_reload_changes_prompts_at_once_and_names_what_waits_for_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    toml = tmp_path / "services.toml"
-    table = '[services.llm]\nmodule = "services.llm"\n[services.llm.settings]\n'
-    toml.write_text(table + 'system_prompt = "old prompt"\n')
-    settings = {"system_prompt": "old prompt", "reload_interval_s": 0.05}
-    async with running(tmp_path, monkeypatch, config_path=toml, **settings) as world:
+    async with running(tmp_path, monkeypatch, system_prompt="old prompt") as world:
         first = await world.mention("before")
         await world.answered(first)
-        assert world.llm.calls[-1].messages[0]["content"] == "old prompt"
-        toml.write_text(
-            table + 'system_prompt = "new prompt for {user}"\nreload_interval_s = 0.05\n'
-            f'system_prompts = {{ "{GENERAL}" = "general prompt" }}\n'
+        assert world.system_prompt() == "old prompt"
+
+        outcome = await world.reload(
+            system_prompt="new prompt for {user}",
+            system_prompts={GENERAL: "general prompt"},
+            max_concurrent=2,
         )
-        later = time.time() + 5
-        os.utime(toml, (later, later))  # a coarse mtime clock must still see a change
-        await anyio.sleep(0.3)
+        assert outcome.ok and "system_prompt, system_prompts" in outcome.detail
+        assert "max_concurrent change on restart" in outcome.detail
+        assert world.service.settings.max_concurrent == 8, "kept until the restart"
         second = await world.mention("after")
         await world.answered(second)
-        assert world.llm.calls[-1].messages[0]["content"] == "general prompt"
+        assert world.system_prompt() == "general prompt"
         dm = await world.say("in private", is_dm=True, guild_id=None, channel_id="77")
         await world.answered(dm)
-        assert world.llm.calls[-1].messages[0]["content"] == "new prompt for ann"
+        assert world.system_prompt() == "new prompt for ann"
+
+        refused = await world.reload(system_prompt="hi {nobody}", user_rate={"tokens": 0})
+        assert not refused.ok
+        assert "services.llm.settings.system_prompt" in refused.detail
+        assert "services.llm.settings.user_rate" in refused.detail
+        third = await world.mention("still?", channel_id="78")
+        await world.answered(third)
+        assert world.system_prompt() == "new prompt for ann", "the old settings stay"
 
 
 async def test_an_endless_stream_is_cut_at_max_answer_chars_and_the_service_goes_on(
@@ -663,7 +602,7 @@ async def test_an_endless_stream_is_cut_at_max_answer_chars_and_the_service_goes
         world.llm.queue_faults([{"kind": "endless"}])
         msg = await world.mention("never stop")
         record = await world.answered(msg)
-        shown = "".join(world.gateway.messages())
+        shown = "".join(world.gateway.shown())
         assert "and on and on" in shown
         assert 3000 <= len(shown) < 3000 + 2 * 1900  # cut, not posted forever
         assert record.outcome == "ok"

@@ -14,7 +14,16 @@ import pytest
 
 from protocol.envelope import Kind
 from protocol.messages import Message
-from protocol.store import KvGet, KvSet, RecentMessages, ReplyChain, StoreCounts, UsageRequest
+from protocol.store import (
+    KvGet,
+    KvSet,
+    KvStored,
+    KvValue,
+    RecentMessages,
+    ReplyChain,
+    StoreCounts,
+    UsageRequest,
+)
 from services.persistence.journal import journal_files, read_journal
 from tests.support.harness import Running
 from tests.support.persistence import (
@@ -47,25 +56,23 @@ async def test_events_over_the_bus_are_stored_and_queries_answered(tmp_path: Pat
     events += [deleted(5, 10.0), exchange("x1", 100.0, latency=40.0)]
     async with running_persistence(tmp_path) as (_, client):
         await publish_and_wait(client, events)
-        recent = (await ask(client, RecentMessages(C, limit=50)))["messages"]
+        recent = (await ask(client, RecentMessages(C, limit=50))).messages
         assert [m["id"] for m in recent] == ["1", "2", "3", "4"] + [
             str(10 + i) for i in range(len(ODD_TEXTS))
         ]
         assert recent[2]["content"] == "edited before created"
         assert [m["content"] for m in recent[4:]] == ODD_TEXTS  # msgpack and back, intact
-        chain = (await ask(client, ReplyChain("4", limit=3)))["messages"]
+        chain = (await ask(client, ReplyChain("4", limit=3))).messages
         assert [m["id"] for m in chain] == ["2", "3", "4"]
-        assert await ask(client, KvSet("llm", "claim:1", {"by": "a"}, only_if_absent=True)) == {
-            "stored": True
-        }
-        assert await ask(client, KvSet("llm", "claim:1", {"by": "b"}, only_if_absent=True)) == {
-            "stored": False
-        }
-        assert await ask(client, KvGet("llm", "claim:1")) == {"value": {"by": "a"}}
+        claim = KvSet("llm", "claim:1", {"by": "a"}, only_if_absent=True)
+        assert await ask(client, claim) == KvStored(True)
+        again = KvSet("llm", "claim:1", {"by": "b"}, only_if_absent=True)
+        assert await ask(client, again) == KvStored(False)
+        assert await ask(client, KvGet("llm", "claim:1")) == KvValue({"by": "a"})
         usage = await ask(client, UsageRequest(since=0))
-        assert (usage["exchanges"], usage["latency_p50_ms"]) == (1, 40.0)
+        assert (usage.exchanges, usage.latency_p50_ms, usage.by_outcome) == (1, 40.0, {"ok": 1})
         counts = await ask(client, StoreCounts())
-        assert (counts["messages"], counts["deleted"], counts["edits"]) == (11, 1, 1)
+        assert (counts.messages, counts.deleted, counts.edits) == (11, 1, 1)
     rows = messages_table(tmp_path)
     assert rows[0] == ("1", C, "7", "message 1")
     assert ("14", C, "7", "nul\x00byte") in rows and len(rows) == 11
@@ -78,7 +85,7 @@ async def test_redelivered_events_change_nothing(tmp_path: Path) -> None:
         before = messages_table(tmp_path)
         await publish_and_wait(client, events)  # the gateway replays after a RESUME
         assert messages_table(tmp_path) == before
-        assert (await ask(client, StoreCounts()))["edits"] == 1
+        assert (await ask(client, StoreCounts())).edits == 1
     assert len(list(read_journal(tmp_path / "journal"))) == 2 * len(events)
 
 
@@ -104,7 +111,7 @@ async def test_a_locked_database_refuses_events_until_it_frees_then_stores_each_
             blocker.close()
         await publish_and_wait(client, [])
         counts = await ask(client, StoreCounts())
-    assert counts["messages"] == len(events) + 1
+    assert counts.messages == len(events) + 1
     rows = messages_table(tmp_path)
     assert [r[0] for r in rows] == [str(i) for i in range(len(events) + 1)]  # once each
     journaled = [r.body["id"] for r in read_journal(tmp_path / "journal")]
@@ -121,15 +128,15 @@ async def test_a_body_the_runtime_cannot_decode_is_dropped_and_the_rest_stored(
         await client.channel("persistence").send_durable([bad, good])
         await publish_and_wait(client, [])
         assert [r[0] for r in messages_table(tmp_path)] == ["1"]
-        assert (await ask(client, KvGet("x", "y"))) == {"value": None}  # still serving
+        assert (await ask(client, KvGet("x", "y"))) == KvValue(None)  # still serving
 
 
 async def test_requests_that_arrive_while_the_database_opens_wait_for_it(tmp_path: Path) -> None:
     async with running_persistence(tmp_path) as (_, client):
         # No sleep: the service may still be in setup when this arrives.
-        assert (await ask(client, StoreCounts()))["messages"] == 0
+        assert (await ask(client, StoreCounts())).messages == 0
         await publish_and_wait(client, [created(1)])
-        assert (await ask(client, StoreCounts()))["messages"] == 1
+        assert (await ask(client, StoreCounts())).messages == 1
 
 
 SUPERVISED = """

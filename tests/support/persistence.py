@@ -21,10 +21,10 @@ from protocol.discord import (
     MessageDeleted,
     MessageEdited,
 )
-from protocol.messages import Message
+from protocol.messages import Message, R, Request, decode
 from protocol.runtime import RuntimeContext, Service
 from protocol.store import LlmExchange
-from services.persistence.service import STORED_EVENTS, build_service
+from services.persistence.service import STORED_EVENTS, build
 
 G, C = "100", "200"  # guild, channel
 
@@ -118,7 +118,7 @@ async def running_persistence(
 ) -> AsyncIterator[tuple[Service, Bus]]:
     """The service, and a gateway-like client that publishes durable events to it."""
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
-    service = build_service()
+    service, _ = build()
     ctx = RuntimeContext("persistence", topology(data_dir), data_dir, settings or {})
     client = Bus(
         "gateway",
@@ -147,5 +147,7 @@ async def publish_and_wait(client: Bus, events: list[Message], timeout: float = 
             await anyio.sleep(0.02)
 
 
-async def ask(client: Bus, msg: Message) -> dict[str, Any]:
-    return (await client.request("persistence", msg, timeout=5)).body
+async def ask(client: Bus, msg: Request[R]) -> R:
+    """The service's reply, as its declared type (a reply of another shape fails here)."""
+    reply = await client.request("persistence", msg, timeout=5)
+    return decode(msg.REPLY.TYPE, reply.body)  # type: ignore[return-value]

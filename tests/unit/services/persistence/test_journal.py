@@ -76,9 +76,9 @@ async def test_rebuild_from_the_journal_yields_identical_rows(tmp_path: Path) ->
         await publish_and_wait(client, events)
         await publish_and_wait(client, events[:40])  # redelivered: journaled twice
         await publish_and_wait(client, [edited(1000, "edited later", 5000.0)])
-        assert (await ask(client, KvSet("ns", "a", [1, "two"], only_if_absent=True)))["stored"]
-        assert not (await ask(client, KvSet("ns", "a", "lost", only_if_absent=True)))["stored"]
-        assert (await ask(client, KvSet("ns", "b", {"x": None})))["stored"]
+        assert (await ask(client, KvSet("ns", "a", [1, "two"], only_if_absent=True))).stored
+        assert not (await ask(client, KvSet("ns", "a", "lost", only_if_absent=True))).stored
+        assert (await ask(client, KvSet("ns", "b", {"x": None}))).stored
     assert len(journal_files(live / "journal")) >= 3
     shutil.copytree(live / "journal", restored / "journal")
 

@@ -4,6 +4,7 @@ rows, lost connections, and every query of protocol/store.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -25,7 +26,7 @@ from protocol.discord import (
     MessageEdited,
 )
 from protocol.messages import Message
-from protocol.store import KvSet, LlmExchange, StoreCounts
+from protocol.store import Counts, KvSet, LlmExchange, StoreCounts, Usage
 from services.persistence.models import DATA_MODELS, StoredMessage, bind_models
 from services.persistence.store import DatabaseUnavailable, Store, describe_url, open_database
 from tests.support.persistence import (
@@ -198,7 +199,7 @@ def test_redelivered_batches_change_nothing(store: Store) -> None:
     apply_grouped(store, events)
     apply_grouped(store, events[::7])
     assert snapshot(store) == first
-    assert store.counts()["messages"] == 31  # 1..29, 40, 50
+    assert store.counts().messages == 31  # 1..29, 40, 50
 
 
 def test_batching_never_changes_the_rows(store: Store, tmp_path: Path) -> None:
@@ -295,14 +296,14 @@ def test_reply_chain_follows_replies_oldest_first_up_to_limit(store: Store) -> N
 def test_member_events_in_a_time_range(store: Store) -> None:
     apply_grouped(store, workload())
     answer = store.member_events(G, 11.0, 30.0)
-    assert answer["truncated"] is False
-    assert answer["events"] == [
+    assert answer.truncated is False
+    assert answer.events == [
         {"kind": "joined", "user_id": "9", "username": "carol", "bot": True, "at": 11.0},
         {"kind": "left", "user_id": "8", "username": "bob", "bot": False, "at": 20.0},
         {"kind": "banned", "user_id": "8", "username": "bob", "bot": False, "at": 21.0},
         {"kind": "unbanned", "user_id": "8", "username": "bob", "bot": False, "at": 30.0},
     ]
-    assert store.member_events("other guild", 0, 100)["events"] == []
+    assert store.member_events("other guild", 0, 100).events == []
     members = snapshot(store)["members"]
     assert members == [(G, "8", "joined", 31.0, 31.0), (G, "9", "joined", 11.0, 11.0)]
 
@@ -310,16 +311,10 @@ def test_member_events_in_a_time_range(store: Store) -> None:
 def test_counts_cover_every_table_and_the_database_size(store: Store) -> None:
     apply_grouped(store, workload())
     counts = store.counts()
-    db_bytes = counts.pop("db_bytes")
-    assert counts == {
-        "messages": 31,
-        "deleted": 3,
-        "edits": 10,
-        "users": 3,
-        "member_events": 6,
-        "exchanges": 10,
-    }
-    assert isinstance(db_bytes, int) and db_bytes > 0
+    assert dataclasses.replace(counts, db_bytes=None) == Counts(
+        messages=31, deleted=3, edits=10, users=3, member_events=6, exchanges=10, db_bytes=None
+    )
+    assert isinstance(counts.db_bytes, int) and counts.db_bytes > 0
 
 
 def test_kv_claim_is_atomic_and_plain_set_overwrites(store: Store) -> None:
@@ -341,15 +336,15 @@ def test_usage_totals_by_outcome_and_median_latency(store: Store) -> None:
         + [exchange("old", 1.0), exchange("elsewhere", 106.0, guild_id="5")],
     )
     usage = store.usage(since=100.0, guild_id=G)
-    assert usage == {
-        "exchanges": 5,
-        "prompt_tokens": 43,
-        "completion_tokens": 25,
-        "by_outcome": {"ok": 4, "error": 1},
-        "latency_p50_ms": 3.0,
-    }
-    assert store.usage(since=100.0)["latency_p50_ms"] == 3.5  # six: the mean of the middle two
-    assert store.usage(since=1e12)["latency_p50_ms"] is None
+    assert usage == Usage(
+        exchanges=5,
+        prompt_tokens=43,
+        completion_tokens=25,
+        by_outcome={"ok": 4, "error": 1},
+        latency_p50_ms=3.0,
+    )
+    assert store.usage(since=100.0).latency_p50_ms == 3.5  # six: the mean of the middle two
+    assert store.usage(since=1e12).latency_p50_ms is None
 
 
 # --- an unavailable database ---------------------------------------------------------------
@@ -384,7 +379,7 @@ def test_a_lost_postgresql_connection_is_unavailable_then_reconnects(pg_database
         with pytest.raises(DatabaseUnavailable):
             s.apply(MessageCreated.TYPE, [created(2)])
         assert s.apply(MessageCreated.TYPE, [created(2)]).stored == 1  # a new connection
-        assert s.counts()["messages"] == 2
+        assert s.counts().messages == 2
     finally:
         s.close()
 
@@ -405,7 +400,7 @@ async def test_the_service_stores_into_postgresql_and_the_journal_rebuilds_the_s
     async with running_persistence(tmp_path) as (_, client):
         await publish_and_wait(client, workload())
         counts = await ask(client, StoreCounts())
-        assert (counts["messages"], counts["member_events"]) == (31, 6)
+        assert (counts.messages, counts.member_events) == (31, 6)
         assert not (tmp_path / "bot.sqlite3").exists()
     live = Store(open_database(pg_database, Path("/nonexistent")))
     expected = snapshot(live)
