@@ -122,9 +122,8 @@ def test_a_refused_resume_falls_back_to_identify_and_logs_a_possible_gap(
 COMMANDS_TOML = (
     TOML
     + """
-[services.commander]
+[services.heartbeat]
 module = "tests.support.services.commander"
-commands = ["status", "restart"]
 max_restarts = 0
 """
 )
@@ -142,9 +141,9 @@ def test_a_slash_command_to_a_dead_service_gets_an_ephemeral_answer_within_3s(
         live = box.post("interactions", {"channel_id": general, "user_id": alice, "name": "status"})
         answer = wait_for(lambda: box.get(f"interactions/{live['id']}")["responses"], 5)
         assert answer[0]["content"] == "all good" and not answer[0]["ephemeral"]
-        pid = box.service("commander")["pid"]
+        pid = box.service("heartbeat")["pid"]
         os.kill(pid, signal.SIGKILL)
-        box.wait_state("commander", "FATAL", timeout=5)
+        box.wait_state("heartbeat", "FATAL", timeout=5)
         t0 = time.monotonic()
         dead = box.post("interactions", {"channel_id": general, "user_id": alice, "name": "status"})
         answer = wait_for(lambda: box.get(f"interactions/{dead['id']}")["responses"], 5)

@@ -120,7 +120,7 @@ def test_a_flapping_service_goes_fatal_after_the_intensity_limit(tmp_path: Path)
         # An operator can bring it back by hand.
         from supervisor import control
 
-        assert control.restart(bot.runtime, "echo")["ok"]
+        assert control.restart(bot.runtime, "echo").ok
         bot.wait_state("echo", "RUNNING", timeout=5)
     finally:
         bot.cleanup()
@@ -138,13 +138,11 @@ def test_a_critical_service_going_fatal_stops_the_supervisor_non_zero(tmp_path: 
 
 
 def test_restart_command_restarts_a_running_service(bot: Running) -> None:
+    from protocol.messages import Outcome
     from supervisor import control
 
     old = bot.service("producer")
-    assert control.restart(bot.runtime, "producer") == {
-        "ok": True,
-        "detail": "producer is restarting",
-    }
+    assert control.restart(bot.runtime, "producer") == Outcome(True, "producer is restarting")
     new = bot.wait_state("producer", "RUNNING", pid_not=old["pid"])
     assert new["restarts"] == 0
-    assert control.restart(bot.runtime, "nope")["ok"] is False
+    assert control.restart(bot.runtime, "nope").ok is False

@@ -1,31 +1,75 @@
 """Fake gateway, persistence and supervisor services for in-process tests, and the
-helpers that run them."""
+helpers that run them.
+
+Each fake is a real `Service` on the real bus that answers with the protocol's declared
+reply types (so a service under test meets the same shapes it meets in production) and
+records what it got. Like the real ones, the gateway publishes its guild and counts and
+the supervisor pushes its status: all retained, so a service started later gets them.
+"""
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from protocol.bus import Topology, request_once
+from protocol.commands import Tier
 from protocol.discord import (
+    ChannelCreated,
+    CommandAnswer,
     CommandInvoked,
     CountsRequest,
+    CreateChannel,
+    DeleteMessage,
+    EditInteraction,
     EditMessage,
     GuildCounts,
     GuildInfoRequest,
+    GuildReady,
+    InteractionFollowup,
     RenameChannel,
     SendMessage,
+    Sent,
     SetPresence,
+    Typing,
 )
-from protocol.messages import RestartRequest, StatusRequest
+from protocol.messages import (
+    Done,
+    Message,
+    Outcome,
+    Request,
+    RestartRequest,
+    StatusRequest,
+    SupervisorStatus,
+)
 from protocol.runtime import Refused, RuntimeContext, Service
-from protocol.store import KvGet, KvSet, MemberEvents, RecentMessages, StoreCounts, UsageRequest
+from protocol.store import (
+    Counts,
+    KvGet,
+    KvSet,
+    KvStored,
+    KvValue,
+    LlmExchange,
+    MemberEventList,
+    MemberEvents,
+    RecentMessages,
+    ReplyChain,
+    StoreCounts,
+    StoredMessages,
+    Usage,
+    UsageRequest,
+)
+
+R = TypeVar("R", bound=Message)
 
 GUILD = "100"
+BOT_USER = "900"
 CHANNELS = [
     {"id": "201", "name": "general", "type": "text"},
     {"id": "202", "name": "admin", "type": "text"},
@@ -43,17 +87,19 @@ def topology(tmp: Path) -> Topology:
             "discord.guild.counts": ["stats", "presence"],
             "discord.guild.ready": ["stats", "heartbeat", "presence"],
             "discord.connection": ["heartbeat"],
+            "supervisor.status": ["heartbeat", "presence"],
         },
     )
 
 
 class FakeGateway:
-    """Answers like the gateway: guild info, counts, renames, messages, presence."""
+    """Answers like the gateway (counts, renames, messages, presence) and, once it runs,
+    publishes the guild and its counts as the real one does when it connects."""
 
     def __init__(self) -> None:
         self.service = Service("gateway")
         self.channels = {c["id"]: dict(c) for c in CHANNELS}
-        self.counts = {"guild_id": GUILD, "members": 10, "humans": 9, "bots": 1, "online": 4}
+        self.counts = GuildCounts(GUILD, members=10, humans=9, bots=1, online=4)
         self.renames: list[tuple[str, str]] = []
         self.sent: list[SendMessage] = []
         self.edits: list[EditMessage] = []
@@ -64,47 +110,65 @@ class FakeGateway:
         s.request(GuildInfoRequest)(self.guild_info)
         s.request(CountsRequest)(self.counts_request)
         s.request(RenameChannel)(self.rename)
+        s.request(CreateChannel)(self.create_channel)
         s.request(SendMessage)(self.send)
         s.request(EditMessage)(self.edit)
+        s.request(DeleteMessage)(self.delete)
         s.request(SetPresence)(self.presence)
+        s.command("help")(self.help)
+        s.setup(self.connected)
 
-    def guild_body(self) -> dict[str, Any]:
-        channels = list(self.channels.values())
-        return {"guild_id": GUILD, "name": "Test", "channels": channels, "member_count": 10,
-                "bot_user_id": "900"}  # fmt: skip
+    def guild(self) -> GuildReady:
+        return GuildReady(GUILD, "Test", list(self.channels.values()), 10, BOT_USER)
 
-    async def guild_info(self, _: GuildInfoRequest) -> dict[str, Any]:
-        return self.guild_body()
+    async def connected(self) -> None:
+        await self.service.publish(self.guild())
+        await self.service.publish(self.counts)
 
-    async def counts_request(self, _: CountsRequest) -> dict[str, Any]:
-        return dict(self.counts)
+    async def guild_info(self, _: GuildInfoRequest) -> GuildReady:
+        return self.guild()
 
-    async def rename(self, msg: RenameChannel) -> dict[str, Any]:
+    async def counts_request(self, _: CountsRequest) -> GuildCounts:
+        return self.counts
+
+    async def rename(self, msg: RenameChannel) -> Done:
         self.renames.append((msg.channel_id, msg.name))
         self.channels[msg.channel_id]["name"] = msg.name
-        return {"id": msg.channel_id, "name": msg.name}
+        return Done()
 
-    async def send(self, msg: SendMessage) -> dict[str, Any]:
+    async def create_channel(self, msg: CreateChannel) -> ChannelCreated:
+        channel_id = str(300 + len(self.channels))
+        self.channels[channel_id] = {"id": channel_id, "name": msg.name, "type": msg.kind}
+        return ChannelCreated(channel_id)
+
+    async def send(self, msg: SendMessage) -> Sent:
         if self.fail_sends:
             raise Refused("discord_error", self.fail_sends)
         self.sent.append(msg)
         message_id = str(5000 + len(self.sent))
         self.messages[message_id] = msg
-        return {"id": message_id}
+        return Sent(message_id)
 
-    async def edit(self, msg: EditMessage) -> dict[str, Any]:
+    async def edit(self, msg: EditMessage) -> Done:
         if msg.message_id not in self.messages:
             raise Refused("not_found", "404 Not Found (error code: 10008): Unknown Message")
         self.edits.append(msg)
-        return {"id": msg.message_id}
+        return Done()
 
-    async def presence(self, msg: SetPresence) -> dict[str, Any]:
+    async def delete(self, msg: DeleteMessage) -> Done:
+        self.messages.pop(msg.message_id, None)
+        return Done()
+
+    async def presence(self, msg: SetPresence) -> Done:
         self.presences.append(msg)
-        return {}
+        return Done()
+
+    async def help(self, _: CommandInvoked) -> CommandAnswer:
+        return CommandAnswer("the fake gateway's help", ephemeral=True)
 
     async def publish_counts(self, **changes: int) -> None:
-        self.counts.update(changes)
-        await self.service.publish(GuildCounts(**self.counts))
+        self.counts = GuildCounts(**{**self.counts.to_body(), **changes})
+        await self.service.publish(self.counts)
 
 
 class FakePersistence:
@@ -125,64 +189,79 @@ class FakePersistence:
         s.request(StoreCounts)(self.store_counts)
         s.request(UsageRequest)(self.usage)
 
-    async def get(self, msg: KvGet) -> dict[str, Any]:
-        return {"value": self.kv.get((msg.namespace, msg.key))}
+    async def get(self, msg: KvGet) -> KvValue:
+        return KvValue(self.kv.get((msg.namespace, msg.key)))
 
-    async def set(self, msg: KvSet) -> dict[str, Any]:
+    async def set(self, msg: KvSet) -> KvStored:
         self.kv_sets.append(msg)
         if msg.only_if_absent and (msg.namespace, msg.key) in self.kv:
-            return {"stored": False}
+            return KvStored(False)
         self.kv[(msg.namespace, msg.key)] = msg.value
-        return {"stored": True}
+        return KvStored(True)
 
-    async def member_events(self, msg: MemberEvents) -> dict[str, Any]:
-        return {"events": [e for e in self.events if msg.since <= e["at"] < msg.until]}
+    async def member_events(self, msg: MemberEvents) -> MemberEventList:
+        return MemberEventList([e for e in self.events if msg.since <= e["at"] < msg.until])
 
-    async def recent(self, msg: RecentMessages) -> dict[str, Any]:
+    async def recent(self, msg: RecentMessages) -> StoredMessages:
         sent = self.gateway.sent if self.gateway else []
-        return {
-            "messages": [
+        return StoredMessages(
+            [
                 {"channel_id": m.channel_id, "content": m.content, "author_bot": True}
                 for m in sent
                 if m.channel_id == msg.channel_id
             ]
-        }
+        )
 
-    async def store_counts(self, _: StoreCounts) -> dict[str, Any]:
-        return {"messages": 5, "db_bytes": 2_000_000}
+    async def store_counts(self, _: StoreCounts) -> Counts:
+        return Counts(5, 0, 0, 2, 0, 4, db_bytes=2_000_000)
 
-    async def usage(self, _: UsageRequest) -> dict[str, Any]:
-        return {"exchanges": 4, "by_outcome": {"ok": 3, "error": 1}, "latency_p50_ms": 900.0}
+    async def usage(self, _: UsageRequest) -> Usage:
+        return Usage(4, 400, 200, {"ok": 3, "error": 1}, latency_p50_ms=900.0)
 
 
 class FakeSupervisor:
-    """Answers StatusRequest from `status` (tests edit it) and records restarts."""
+    """Pushes its status (SupervisorStatus) to its subscribers when it starts and at each
+    `set`, answers StatusRequest too, and records restarts."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.service = Service("supervisor")
         self.restarts: list[str] = []
-        self.status: dict[str, Any] = {
-            "supervisor": {"pid": 1, "uptime_s": 3700.0, "rss_mb": 30.0, "summary": "ok"},
-            "services": [
-                {"name": n, "pid": None, "state": "RUNNING", "restarts": 0, "uptime_s": 60.0,
-                 "rss_mb": 40.0, "last_exit": None, "critical": n == "gateway", "channels": []}
-                for n in names
-            ],
-        }  # fmt: skip
+        self.supervisor = {"pid": 1, "uptime_s": 3700.0, "rss_mb": 30.0, "summary": "ok"}
+        self.services: list[dict[str, Any]] = [
+            {"name": n, "pid": None, "state": "RUNNING", "restarts": 0, "uptime_s": 60.0,
+             "rss_mb": 40.0, "last_exit": None, "reason": None, "critical": n == "gateway",
+             "channels": []}
+            for n in names
+        ]  # fmt: skip
         self.service.request(StatusRequest)(self.status_request)
         self.service.request(RestartRequest)(self.restart)
+        self.service.setup(self.publish)
 
-    def set(self, name: str, **changes: Any) -> None:
-        for svc in self.status["services"]:
+    def status(self, changed: list[str] | None = None) -> SupervisorStatus:
+        return SupervisorStatus(
+            copy.deepcopy(self.supervisor), copy.deepcopy(self.services), changed or []
+        )
+
+    def change(self, name: str, **changes: Any) -> None:
+        """Edit a service's status without telling anyone (e.g. while nobody listens)."""
+        for svc in self.services:
             if svc["name"] == name:
                 svc.update(changes)
 
-    async def status_request(self, _: StatusRequest) -> dict[str, Any]:
-        return self.status
+    async def set(self, name: str, **changes: Any) -> None:
+        """Edit a service's status and push it, as the supervisor does at a transition."""
+        self.change(name, **changes)
+        await self.publish([name])
 
-    async def restart(self, msg: RestartRequest) -> dict[str, Any]:
+    async def publish(self, changed: list[str] | None = None) -> None:
+        await self.service.publish(self.status(changed))
+
+    async def status_request(self, _: StatusRequest) -> SupervisorStatus:
+        return self.status()
+
+    async def restart(self, msg: RestartRequest) -> Outcome:
         self.restarts.append(msg.service)
-        return {"ok": True, "detail": f"{msg.service} is restarting"}
+        return Outcome(True, f"{msg.service} is restarting")
 
 
 class Processes:
@@ -222,9 +301,87 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-async def ask(tmp: Path, peer: str, msg: Any, timeout: float = 5.0) -> dict[str, Any]:
+async def ask(tmp: Path, peer: str, msg: Request[R], timeout: float = 5.0) -> R:
+    """A request from outside (a test acting as another service): its declared reply."""
     return await request_once("tester", topology(tmp), peer, msg, timeout=timeout)
 
 
-def command(name: str, user: str = "55", admin: bool = False, **options: Any) -> CommandInvoked:
-    return CommandInvoked("1", name, options, user, "someone", "201", GUILD, admin)
+def command(
+    name: str, user: str = "55", tier: Tier = Tier.MEMBER, **options: Any
+) -> CommandInvoked:
+    """A slash command as the gateway routes it, from a caller of `tier`."""
+    return CommandInvoked("1", name, options, user, "someone", "201", GUILD, tier.value)
+
+
+# --- the llm's peers: the same fakes, with what an answer streamed into Discord uses -----
+
+
+class StreamingGateway(FakeGateway):
+    """The fake gateway, also serving typing and interaction edits and follow-ups, with the
+    time each write arrived (`writes`) and what each message shows now (`showing`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[float, Request[Any]]] = []  # (monotonic time, request)
+        self.showing: dict[str, str] = {}  # message id -> its content now
+        s = self.service
+        s.request(Typing)(self.record)
+        s.request(EditInteraction)(self.record)
+        s.request(InteractionFollowup)(self.followup)
+
+    async def send(self, msg: SendMessage) -> Sent:
+        sent = await super().send(msg)
+        self.writes.append((time.monotonic(), msg))
+        self.showing[sent.message_id] = msg.content
+        return sent
+
+    async def edit(self, msg: EditMessage) -> Done:
+        done = await super().edit(msg)
+        self.writes.append((time.monotonic(), msg))
+        self.showing[msg.message_id] = msg.content or ""
+        return done
+
+    async def record(self, msg: Typing | EditInteraction) -> Done:
+        self.writes.append((time.monotonic(), msg))
+        return Done()
+
+    async def followup(self, msg: InteractionFollowup) -> Sent:
+        self.writes.append((time.monotonic(), msg))
+        return Sent(f"followup-{len(self.writes)}")
+
+    def of(self, kind: type[R]) -> list[R]:
+        return [msg for _, msg in self.writes if isinstance(msg, kind)]  # type: ignore[misc]
+
+    def shown(self) -> list[str]:
+        """What the channels show now, in the order the messages were sent."""
+        return [self.showing[k] for k in sorted(self.showing, key=int)]
+
+
+class ConversationStore(FakePersistence):
+    """The fake persistence, also serving a channel's messages (`rows`) and a reply chain
+    (`chain`) as set by the test, recording those queries, and storing the exchanges the
+    llm publishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, Any]] = []
+        self.chain: list[dict[str, Any]] = []
+        self.queries: list[Request[Any]] = []
+        self.exchanges: dict[str, LlmExchange] = {}
+        self.service.request(ReplyChain)(self.reply_chain)
+        self.service.event(LlmExchange)(self.exchange)
+
+    async def recent(self, msg: RecentMessages) -> StoredMessages:
+        self.queries.append(msg)
+        return StoredMessages(self.rows)
+
+    async def reply_chain(self, msg: ReplyChain) -> StoredMessages:
+        self.queries.append(msg)
+        return StoredMessages(self.chain)
+
+    async def usage(self, msg: UsageRequest) -> Usage:
+        self.queries.append(msg)
+        return await super().usage(msg)
+
+    async def exchange(self, ev: LlmExchange) -> None:
+        self.exchanges[ev.id] = ev

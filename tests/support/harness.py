@@ -15,7 +15,7 @@ import anyio
 import psutil
 
 from protocol.bus import request_once
-from protocol.messages import Message
+from protocol.messages import Request
 from supervisor import control
 from supervisor.config import load
 
@@ -85,7 +85,7 @@ class Running:
             )
 
     def status(self) -> dict[str, Any]:
-        return control.status(self.runtime)
+        return control.status(self.runtime).to_body()
 
     def service(self, name: str) -> dict[str, Any]:
         return next(s for s in self.status()["services"] if s["name"] == name)
@@ -110,12 +110,13 @@ class Running:
             "all services RUNNING",
         )
 
-    def call(self, service: str, msg: Message, timeout: float = 5.0) -> dict[str, Any]:
+    def call(self, service: str, msg: Request[Any], timeout: float = 5.0) -> dict[str, Any]:
         """A request from outside, over the real bus, as another service would send it."""
 
-        return anyio.run(
+        reply = anyio.run(
             request_once, f"tester-{os.getpid()}", self.config.topology(), service, msg, timeout
         )
+        return reply.to_body()
 
     def children(self) -> list[int]:
         try:

@@ -45,7 +45,6 @@ module = "services.llm"
 after = ["gateway", "persistence"]
 subscribes = ["discord.message.created", "discord.message.edited", "discord.message.deleted",
               "discord.guild.ready", "discord.connection"]
-commands = ["ask", "reset", "usage"]
 env_required = ["OPENAI_API_KEY"]
 """
 
