@@ -38,8 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import anyio
+    from loguru import logger
 
-    from supervisor import control, logs
+    from supervisor import control, logs, privacy
     from supervisor.config import (
         ConfigError,
         ConfigProblem,
@@ -73,6 +74,9 @@ def main(argv: list[str]) -> int:
             return 1
 
     problems = load_dotenv(args.env_file)
+    secrets_warning = privacy.secrets_file_warning(args.env_file)
+    if args.command == "check" and secrets_warning:
+        print(f"warning: {secrets_warning}", file=sys.stderr)
     try:
         config = load(args.config, data_dir)
     except ConfigError as exc:
@@ -109,11 +113,21 @@ def main(argv: list[str]) -> int:
         print(f"{args.config}: {len(config.enabled)} services configured, environment complete")
         return 0
 
+    # Before anything is created (the log dir is the first): owner-only, for every child too.
+    tightened = privacy.make_private(config.supervisor.data_dir)
     logs.setup(
         "supervisor",
         config.supervisor.log_format,
         config.supervisor.log_dir or config.supervisor.data_dir / "logs",
     )
+    if tightened:
+        logger.warning(
+            "data dir {}: {} paths were open to other users, now owner-only",
+            config.supervisor.data_dir,
+            tightened,
+        )
+    if secrets_warning:
+        logger.warning("{}", secrets_warning)
     if args.sandbox:
         from sandbox.run import run_sandbox
 
