@@ -28,9 +28,15 @@ SANDBOX_SETTINGS = {
 }
 
 
+# What the services are given as DISCORD_TOKEN and OPENAI_API_KEY; the stand-ins accept
+# only these, and they must never show up in a log line or in status output.
+TOKEN = "sandbox-token"
+API_KEY = "sandbox-key"
+
+
 async def run_sandbox(config: Config, port: int) -> int:
-    emulator = DiscordEmulator(port=port)
-    llm = OpenAIStandin(port=0)
+    emulator = DiscordEmulator(port=port, token=TOKEN)
+    llm = OpenAIStandin(port=0, api_key=API_KEY)
     try:
         await emulator.start()
     except OSError as exc:
