@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     import anyio
     from loguru import logger
 
-    from supervisor import control, logs, privacy
+    from supervisor import control, logs, privacy, privilege
     from supervisor.config import (
         ConfigError,
         ConfigProblem,
@@ -126,8 +126,9 @@ def main(argv: list[str]) -> int:
             config.supervisor.data_dir,
             tightened,
         )
-    if secrets_warning:
-        logger.warning("{}", secrets_warning)
+    for warning in (secrets_warning, privilege.root_warning(HERE / "deploy/discord-bot.service")):
+        if warning:
+            logger.warning("{}", warning)
     if args.sandbox:
         from sandbox.run import run_sandbox
 
