@@ -32,6 +32,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--sandbox", action="store_true", help="run against local stand-ins")
     p.add_argument("--port", type=int, default=8790, help="sandbox: the Discord emulator's port")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="sandbox: the address the emulator and the OpenAI stand-in listen on",
+    )
     return p.parse_args(argv)
 
 
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> int:
     if args.sandbox:
         from sandbox.run import run_sandbox
 
-        return anyio.run(run_sandbox, config, args.port)
+        return anyio.run(run_sandbox, config, args.port, args.host)
     from supervisor.supervisor import Supervisor
 
     return anyio.run(Supervisor(config).run)
