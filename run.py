@@ -33,14 +33,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--sandbox", action="store_true", help="run against local stand-ins")
     p.add_argument("--port", type=int, default=8790, help="sandbox: the Discord emulator's port")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="sandbox: the address the emulator and the OpenAI stand-in listen on",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import anyio
+    from loguru import logger
 
-    from supervisor import control, logs
+    from supervisor import control, logs, privacy, privilege
     from supervisor.config import (
         ConfigError,
         ConfigProblem,
@@ -77,6 +83,9 @@ def main(argv: list[str]) -> int:
             return 1
 
     problems = load_dotenv(args.env_file)
+    secrets_warning = privacy.secrets_file_warning(args.env_file)
+    if args.command == "check" and secrets_warning:
+        print(f"warning: {secrets_warning}", file=sys.stderr)
     try:
         config = load(args.config, data_dir)
     except ConfigError as exc:
@@ -120,16 +129,27 @@ def main(argv: list[str]) -> int:
         print(f"{args.config}: {len(config.enabled)} services configured, environment complete")
         return 0
 
+    # Before anything is created (the log dir is the first): owner-only, for every child too.
+    tightened = privacy.make_private(config.supervisor.data_dir)
     logs.setup(
         "supervisor",
         config.supervisor.log_format,
         config.supervisor.log_dir or config.supervisor.data_dir / "logs",
         logs.level_for(None),  # $LOG_LEVEL
     )
+    if tightened:
+        logger.warning(
+            "data dir {}: {} paths were open to other users, now owner-only",
+            config.supervisor.data_dir,
+            tightened,
+        )
+    for warning in (secrets_warning, privilege.root_warning(HERE / "deploy/discord-bot.service")):
+        if warning:
+            logger.warning("{}", warning)
     if args.sandbox:
         from sandbox.run import run_sandbox
 
-        return anyio.run(run_sandbox, config, args.port)
+        return anyio.run(run_sandbox, config, args.port, args.host)
     from supervisor.supervisor import Supervisor
 
     return anyio.run(Supervisor(config).run)

@@ -8,6 +8,7 @@ OpenAI, through the URLs and keys put into their environment.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -32,14 +33,35 @@ def sandbox_settings(owner_id: str) -> dict[str, dict[str, Any]]:
     }
 
 
-async def run_sandbox(config: Config, port: int) -> int:
-    emulator = DiscordEmulator(port=port)
-    llm = OpenAIStandin(port=0)
+# What the services are given as DISCORD_TOKEN and OPENAI_API_KEY; the stand-ins accept
+# only these, and they must never show up in a log line or in status output.
+TOKEN = "sandbox-token"
+API_KEY = "sandbox-key"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int:
+    if not is_loopback(host):
+        logger.warning(
+            "sandbox: --host {}: the emulator and the OpenAI stand-in are reachable beyond "
+            "this machine, and anyone who reaches them can read and post as the bot",
+            host,
+        )
+    emulator = DiscordEmulator(host=host, port=port, token=TOKEN)
+    llm = OpenAIStandin(host=host, port=0, api_key=API_KEY)
     try:
         await emulator.start()
     except OSError as exc:
         print(
-            f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
             "pick another with --port",
             file=sys.stderr,
         )

@@ -55,6 +55,7 @@ class Running:
         toml: str,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        umask: int = -1,
     ) -> None:
         self.dir = tmp_path
         self.config_path = tmp_path / "services.toml"
@@ -82,6 +83,7 @@ class Running:
                 env=child_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                umask=umask,
             )
 
     def status(self) -> dict[str, Any]:
