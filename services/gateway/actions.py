@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
 import discord
 
@@ -28,11 +29,14 @@ from protocol.discord import (
 )
 from protocol.messages import Message
 from protocol.runtime import Refused
-from services.gateway.interactions import NO_PINGS, Invocation
+from services.gateway.interactions import EPHEMERAL, NO_PINGS, Invocation
 from services.gateway.state import gw
 
 RENAMES_PER_WINDOW = 2  # Discord: 2 channel renames per 10 minutes per channel
 RENAME_WINDOW_S = 600.0
+MAX_CONTENT = 2000  # Discord refuses longer message content (50035)
+#: Discord error codes that say more than their HTTP status.
+REASON_BY_CODE = {50027: "expired"}  # Invalid Webhook Token: the 15-minute token expired
 
 
 async def _discord(call: Any) -> Any:
@@ -48,10 +52,20 @@ async def _discord(call: Any) -> Any:
             "timeout", f"Discord did not answer within {gw.request_timeout_s:g}s"
         ) from None
     except discord.HTTPException as exc:
-        reason = {400: "bad_request", 403: "forbidden", 404: "not_found", 429: "rate_limited"}.get(
-            exc.status, "discord_error"
-        )
-        raise Refused(reason, f"{exc.status} {exc.text or exc}") from None
+        reason = REASON_BY_CODE.get(exc.code) or {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            429: "rate_limited",
+        }.get(exc.status, "discord_error")
+        raise Refused(reason, f"{exc.status} (code {exc.code}) {exc.text or exc}") from None
+
+
+def _fits(content: str | None) -> None:
+    """Refuses content Discord would refuse, rather than cutting off its end."""
+    if content is not None and len(content) > MAX_CONTENT:
+        raise Refused("bad_request", f"content is {len(content)} characters; split it below 2,000")
 
 
 async def edit_original(
@@ -73,10 +87,7 @@ def _mentions(allowed: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def send_message(msg: SendMessage) -> dict[str, Any]:
-    if len(msg.content) > 2000:
-        raise Refused(
-            "bad_request", f"content is {len(msg.content)} characters; split it below 2,000"
-        )
+    _fits(msg.content)
     reference = (
         {"message_id": msg.reply_to_id, "fail_if_not_exists": False} if msg.reply_to_id else None
     )
@@ -93,9 +104,10 @@ async def send_message(msg: SendMessage) -> dict[str, Any]:
 
 
 async def edit_message(msg: EditMessage) -> dict[str, Any]:
+    _fits(msg.content)
     fields: dict[str, Any] = {"allowed_mentions": _mentions(msg.allowed_mentions)}
     if msg.content is not None:
-        fields["content"] = msg.content[:2000]
+        fields["content"] = msg.content
     if msg.embeds is not None:
         fields["embeds"] = msg.embeds
     await _discord(gw.http().edit_message(msg.channel_id, msg.message_id, **fields))
@@ -149,7 +161,13 @@ async def set_presence(msg: SetPresence) -> dict[str, Any]:
         else:
             kind = getattr(discord.ActivityType, msg.activity_type, discord.ActivityType.playing)
             activity = discord.Activity(type=kind, name=msg.activity)
-    await client.change_presence(status=status, activity=activity)
+    if client.ws.socket.closed:  # dropped; py-cord keeps the old socket while it reconnects
+        raise Refused("not_connected", "the Discord connection is down; reconnecting")
+    try:
+        await client.change_presence(status=status, activity=activity)
+    except (OSError, aiohttp.ClientError, discord.ConnectionClosed) as exc:
+        # the socket closed under us (py-cord sends op 3 without catching this)
+        raise Refused("not_connected", f"the Discord connection closed: {exc}") from None
     return {}
 
 
@@ -174,6 +192,7 @@ async def edit_interaction(msg: EditInteraction) -> dict[str, Any]:
     inv = gw.interactions.get(msg.interaction_id)
     if inv is None:
         raise Refused("not_found", "unknown or expired interaction")
+    _fits(msg.content)
     await edit_original(inv, msg.content, msg.embeds)
     return {}
 
@@ -182,13 +201,24 @@ async def interaction_followup(msg: InteractionFollowup) -> dict[str, Any]:
     inv = gw.interactions.get(msg.interaction_id)
     if inv is None:
         raise Refused("not_found", "unknown or expired interaction")
+    _fits(msg.content)
+    # Create Followup Message. py-cord's create_followup_message iterates `files` (None
+    # raises TypeError before any request) and cannot set flags (ephemeral): call its
+    # multipart helper on the same route instead.
+    route = discord.http.Route(
+        "POST",
+        "/webhooks/{application_id}/{interaction_token}",
+        application_id=inv.application_id,
+        interaction_token=inv.token,
+    )
     sent = await _discord(
-        gw.http().create_followup_message(
-            inv.application_id,
-            inv.token,
-            content=msg.content[:2000] or None,
+        gw.http().send_multipart_helper(
+            route,
+            files=[],
+            content=msg.content or None,
             embeds=msg.embeds or None,
             allowed_mentions=NO_PINGS,
+            flags=EPHEMERAL if msg.ephemeral else None,
         )
     )
     return {"message_id": str(sent["id"])}
