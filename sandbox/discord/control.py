@@ -32,19 +32,31 @@ Routes (``->`` is the answer; the event in brackets is what the bot receives):
   acknowledged, responses: [{kind, type, content, embeds, flags, ephemeral, message_id,
   t}]}`` in order; ``kind`` is callback (``type`` = callback type: 4 message, 5 deferred,
   ...), followup, edit (of the original or a follow-up) or delete
-- ``GET requests[?since=t]`` -> ``[{t, method, path, status, route, query}]``: every REST
-  call, 429s included; ``t`` is clock seconds since start, ``path`` the full request path
-  (``/api/v10/...``), ``route`` the template (``/channels/{channel_id}/messages``)
+- ``POST interactions/{id}/redeliver`` -> ``{id}`` [INTERACTION_CREATE again, same id and
+  token]: a duplicate delivery, whose second initial response Discord refuses (40060)
+- ``GET requests[?since=t&method=M&route=R]`` -> ``[{t, method, path, status, route, query,
+  body, form, files, error}]``: every REST call, 429s and refusals included; ``t`` is clock
+  seconds since start, ``path`` the full request path (``/api/v10/...``), ``route`` the
+  template (``/channels/{channel_id}/messages``), ``body`` the JSON body as received (for a
+  form, its ``payload_json``; null without a body), ``form`` whether it came as a form,
+  ``files`` the uploaded file names, ``error`` Discord's error JSON (``{code, message,
+  errors?}``) when refused, else null
 - ``GET presence`` -> ``{status, activities, since, afk}`` as the bot last sent it
 - ``GET commands`` -> ``{global: [...], guild: [...]}``: the synced application commands
 - ``GET clock`` / ``POST clock {advance_s}`` -> ``{now}``
-- ``POST gateway/disconnect {code?}`` (1000-4999, default 4000) -> ``{closed}``
+- ``POST gateway/disconnect {code?, refuse_s?}`` (1000-4999, default 4000) -> ``{closed}``;
+  for ``refuse_s`` seconds of the clock after, new websockets get 503 (an outage: the bot
+  keeps its closed socket while it retries)
 - ``POST gateway/invalidate {now?}`` -> ``{sessions}``: each session's next RESUME gets
   op 9 ``d:false``; ``now: true`` also sends op 9 to the connected sockets at once
 - ``POST gateway/dispatch {t, d}`` -> ``{dispatched}``: sends event ``t`` with payload
   ``d`` exactly as given (no checks): for feeding the bot malformed events
 - ``GET gateway/sessions`` -> ``{identifies, resumes, refused_resumes, replayed, connections,
-  sessions: [{session_id, seq, connected, resumes, buffered, intents, invalid}]}``
+  refused_connections, presence_updates, sessions: [{session_id, seq, connected, resumes,
+  buffered, intents, invalid}]}`` (``presence_updates``: op 3 frames received)
+
+Interaction tokens live 15 minutes of the emulator's clock (``POST clock`` moves it): after
+that a callback gets 10062 and a follow-up or edit 401 with code 50027.
 """
 
 from __future__ import annotations
@@ -175,7 +187,7 @@ class ControlApi:
         try:
             return await handler(request)
         except WorldError as err:
-            return _error(err.status, err.message)
+            return _error(err.status, str(err))
         except Exception:
             log.exception("control route %s %s failed", request.method, request.path)
             return _error(500, "internal error in the emulator")
@@ -195,6 +207,7 @@ class ControlApi:
         r.add_post(p + "presences", self.presence_update)
         r.add_post(p + "interactions", self.interaction)
         r.add_get(p + "interactions/{id}", self.interaction_responses)
+        r.add_post(p + "interactions/{id}/redeliver", self.redeliver_interaction)
         r.add_get(p + "requests", self.requests)
         r.add_get(p + "presence", self.bot_presence)
         r.add_get(p + "commands", self.commands)
@@ -340,12 +353,29 @@ class ControlApi:
             }
         )
 
+    async def redeliver_interaction(self, request: web.Request) -> web.Response:
+        """INTERACTION_CREATE once more for an existing interaction (a duplicate delivery)."""
+        world = self.emu.world
+        inter = world.interaction(_path_id(request, "id"))
+        world.dispatch("INTERACTION_CREATE", world.interaction_payload(inter))
+        return json_response({"id": inter.id})
+
     async def requests(self, request: web.Request) -> web.Response:
+        q = request.query
         try:
-            since = float(request.query.get("since", "-inf"))
+            since = float(q.get("since", "-inf"))
         except ValueError:
             raise BadInput("since must be a number") from None
-        return json_response([r for r in self.emu.rest.requests if r["t"] >= since])
+        method, route = q.get("method"), q.get("route")
+        return json_response(
+            [
+                r
+                for r in self.emu.rest.requests
+                if r["t"] >= since
+                and (method is None or r["method"] == method.upper())
+                and (route is None or r["route"] == route)
+            ]
+        )
 
     async def bot_presence(self, request: web.Request) -> web.Response:
         return json_response(self.emu.gateway.presence)
@@ -372,10 +402,16 @@ class ControlApi:
         return json_response({"now": self.emu.clock.now()})
 
     async def disconnect(self, request: web.Request) -> web.Response:
-        code = (await _body(request, optional=True)).get("code", 4000)
+        body = await _body(request, optional=True)
+        code, refuse_s = body.get("code", 4000), body.get("refuse_s", 0)
         if isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999:
             raise BadInput("code must be an integer websocket close code (1000-4999)")
-        return json_response({"closed": self.emu.gateway.disconnect(code)})
+        if isinstance(refuse_s, bool) or not isinstance(refuse_s, int | float):
+            raise BadInput("refuse_s must be a number of seconds")
+        if not 0 <= refuse_s <= 3600:
+            raise BadInput("refuse_s must be between 0 and 3600")
+        closed = self.emu.gateway.disconnect(code, float(refuse_s))
+        return json_response({"closed": closed})
 
     async def invalidate(self, request: web.Request) -> web.Response:
         body = await _body(request, optional=True)

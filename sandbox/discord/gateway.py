@@ -38,6 +38,10 @@ MAX_SESSIONS = 16
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE, VOICE_STATE = 0, 1, 2, 3, 4
 RESUME, RECONNECT, REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
 
+#: What a Gateway Presence Update (op 3) may say.
+PRESENCE_STATUSES = ("online", "dnd", "idle", "invisible", "offline")
+ACTIVITY_TYPES = range(0, 7)
+
 #: Which intent bit an event needs (events not listed are always sent).
 EVENT_INTENTS = {
     "CHANNEL_CREATE": 1 << 0,
@@ -144,6 +148,11 @@ class Gateway:
             "since": None,
             "afk": False,
         }
+        #: Every op 3 received, as sent (``d``), valid or not.
+        self.presence_updates: list[Any] = []
+        #: Until this time on the clock, websocket upgrades are answered 503 (an outage).
+        self.refuse_until = 0.0
+        self.refused_connections = 0
         self._limits = RateLimiter(clock)
 
     # ---- the world's side ----------------------------------------------------------------
@@ -168,8 +177,11 @@ class Gateway:
             return data
         return {**data, "content": "", "embeds": [], "attachments": [], "components": []}
 
-    def disconnect(self, code: int) -> int:
-        """Close every bot websocket with ``code``; the sessions stay resumable."""
+    def disconnect(self, code: int, refuse_s: float = 0.0) -> int:
+        """Close every bot websocket with ``code``; the sessions stay resumable. For
+        ``refuse_s`` seconds after, new websockets are refused (the bot is left with a
+        closed socket while it retries)."""
+        self.refuse_until = max(self.refuse_until, self.clock.now() + refuse_s)
         conns = list(self.connections)
         for conn in conns:
             self._detach(conn)
@@ -198,6 +210,8 @@ class Gateway:
             "refused_resumes": self.refused_resumes,
             "replayed": self.replayed,
             "connections": len(self.connections),
+            "refused_connections": self.refused_connections,
+            "presence_updates": len(self.presence_updates),
             "sessions": [
                 {
                     "session_id": s.session_id,
@@ -215,6 +229,9 @@ class Gateway:
     # ---- the websocket's side ------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.clock.now() < self.refuse_until:
+            self.refused_connections += 1
+            return web.Response(status=503, text="sandbox: gateway outage")
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
         conn = Connection(ws)
@@ -258,7 +275,7 @@ class Gateway:
         elif conn.session is None:
             conn.close(4003)  # not authenticated
         elif op == PRESENCE:
-            self._presence(data)
+            self._presence(data, conn)
         elif op == REQUEST_MEMBERS:
             self._request_members(conn.session, data)
         elif op == VOICE_STATE:
@@ -347,14 +364,20 @@ class Gateway:
         self._attach(conn, session)
         session.push("RESUMED", {"_trace": ["sandbox-gateway"]})
 
-    def _presence(self, data: Any) -> None:
-        if not isinstance(data, dict):
+    def _presence(self, data: Any, conn: Connection | None = None) -> None:
+        """Gateway Presence Update: ``{since, activities, status, afk}``, all four required;
+        anything else closes the socket with 4002 (decode error), as Discord does."""
+        if conn is not None:
+            self.presence_updates.append(data)
+        if not _valid_presence(data):
+            if conn is not None:
+                conn.close(4002)
             return
         self.presence = {
-            "status": data.get("status", "online"),
-            "activities": data.get("activities") or [],
-            "since": data.get("since"),
-            "afk": bool(data.get("afk", False)),
+            "status": data["status"],
+            "activities": data["activities"],
+            "since": data["since"],
+            "afk": data["afk"],
         }
         member = self.world.members.get(self.world.bot_user_id)
         if member is not None and self.presence["status"] in ("online", "idle", "dnd"):
@@ -399,3 +422,22 @@ class Gateway:
                     break
             else:
                 return
+
+
+def _valid_presence(d: Any) -> bool:
+    if not isinstance(d, dict) or not {"since", "activities", "status", "afk"} <= set(d):
+        return False
+    since, activities = d["since"], d["activities"]
+    return (
+        d["status"] in PRESENCE_STATUSES
+        and isinstance(d["afk"], bool)
+        # unix ms or null; py-cord sends 0.0 when not idle, which Discord accepts
+        and (since is None or (isinstance(since, int | float) and not isinstance(since, bool)))
+        and isinstance(activities, list)
+        and all(
+            isinstance(a, dict)
+            and isinstance(a.get("name"), str)
+            and a.get("type") in ACTIVITY_TYPES
+            for a in activities
+        )
+    )

@@ -4,8 +4,10 @@ One middleware does what Discord's edge does for every ``/api/`` call: parse the
 or multipart ``payload_json`` + ``files[n]``), check ``Authorization: Bot <token>`` (webhook
 and interaction-callback routes carry their token in the URL instead), apply the rate-limit
 buckets, turn errors into Discord's JSON, and record ``{t, method, path, status, route,
-query}`` for ``GET /_sandbox/requests``. Every response is ``Content-Type: application/json``
-exactly (py-cord does not parse ``application/json; charset=utf-8``).
+query, body, form, files, error}`` for ``GET /_sandbox/requests``. Every response is
+``Content-Type: application/json`` exactly (py-cord does not parse ``application/json;
+charset=utf-8``). Message bodies are checked as Discord checks them (``checks.py``), and
+interaction tokens expire after 15 minutes of the emulator's clock.
 
 Buckets: message send+edit 5 per 5 s per channel; channel rename (name/topic) 2 per 600 s
 per channel; everything else 50 per second per route and major id; 50 per second globally.
@@ -24,9 +26,20 @@ from typing import Any
 
 from aiohttp import web
 
+from .checks import check_message, has_something_to_show, refuse_empty
 from .gateway import Gateway
 from .ratelimit import Clock, Decision, RateLimiter
-from .world import TEXT, Interaction, Message, NotFound, World, WorldError
+from .world import (
+    TEXT,
+    Forbidden,
+    FormError,
+    Interaction,
+    Message,
+    NotFound,
+    Unauthorized,
+    World,
+    WorldError,
+)
 
 API_PREFIX = "/api/v10"
 CATCH_ALL = "/{tail}"
@@ -49,8 +62,17 @@ def json_response(
     )
 
 
-def discord_error(status: int, message: str, code: int = 0) -> web.Response:
-    return json_response({"message": message, "code": code}, status)
+def discord_error(
+    status: int, message: str, code: int = 0, errors: dict[str, Any] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"message": message, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return json_response(body, status)
+
+
+#: Interaction tokens (callback, follow-ups, edits) are valid for 15 minutes.
+INTERACTION_TOKEN_TTL_S = 900.0
 
 
 def no_content() -> web.Response:
@@ -99,6 +121,11 @@ class RestApi:
                 "status": response.status,
                 "route": route,
                 "query": request.query_string,
+                "body": request.get(BODY),
+                "form": request.content_type.startswith("multipart/")
+                or request.content_type == "application/x-www-form-urlencoded",
+                "files": [f["filename"] for f in request.get(FILES) or []],
+                "error": _error_of(response),
             }
         )
         return response
@@ -130,7 +157,7 @@ class RestApi:
         try:
             response = await handler(request)
         except WorldError as exc:
-            response = discord_error(exc.status, exc.message, exc.code)
+            response = discord_error(exc.status, exc.message, exc.code, exc.errors)
         except Exception:  # a bug here must look like a Discord 500, not kill the request
             log.exception("REST %s %s failed", request.method, request.path)
             response = discord_error(500, "500: Internal Server Error")
@@ -349,25 +376,30 @@ class RestApi:
         interaction: Interaction | None = None,
         extra_flags: int = 0,
     ) -> Message:
-        content = body.get("content")
-        content = "" if content is None else str(content)
-        if len(content) > 2000:
-            raise WorldError("Invalid Form Body: content must be 2000 or fewer in length.")
+        check_message(body)
+        content = body.get("content") or ""
         embeds = body.get("embeds") or ([body["embed"]] if body.get("embed") else [])
-        if not isinstance(embeds, list):
-            raise WorldError("Invalid Form Body: embeds must be a list")
         components = body.get("components") or []
-        if not (content or embeds or files or components or body.get("sticker_ids")):
-            raise WorldError("Cannot send an empty message", 50006)
+        if not has_something_to_show(
+            content,
+            embeds,
+            files,
+            components=components,
+            sticker_ids=body.get("sticker_ids"),
+            poll=body.get("poll"),
+        ):
+            raise refuse_empty()
         reply_to = None
         ref = body.get("message_reference")
         if isinstance(ref, dict) and ref.get("message_id") is not None:
             reply_to = str(ref["message_id"])
             if reply_to not in self.world.messages:
                 if ref.get("fail_if_not_exists", True):
-                    raise WorldError("Invalid Form Body: Unknown message", 50035)
+                    raise FormError(
+                        "message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+                    )
                 reply_to = None
-        flags = body.get("flags") if isinstance(body.get("flags"), int) else 0
+        flags = body.get("flags") or 0
         return self.world.post_message(
             channel_id,
             self.world.bot_user_id,
@@ -393,11 +425,24 @@ class RestApi:
         msg = self.world.message(mi["message_id"], mi["channel_id"])
         body = _require_dict(request[BODY])
         if msg.author_id != self.world.bot_user_id and set(body) - {"flags"}:
-            raise _Forbidden("Cannot edit a message authored by another user", 50005)
-        if request[FILES]:
-            msg.attachments = list(request[FILES])
-        self.world.edit_message(msg, body)
+            raise Forbidden("Cannot edit a message authored by another user", 50005)
+        self._apply_edit(msg, body, request[FILES])
         return json_response(self.world.message_payload(msg))
+
+    def _apply_edit(self, msg: Message, body: dict[str, Any], files: list[dict[str, Any]]) -> None:
+        """An edit as Discord checks it: valid fields, and something left to show."""
+        check_message(body)
+        attachments = files or (body["attachments"] if "attachments" in body else msg.attachments)
+        if not has_something_to_show(
+            body["content"] if "content" in body else msg.content,
+            body["embeds"] if "embeds" in body else msg.embeds,
+            attachments,
+            components=body["components"] if "components" in body else msg.components,
+        ):
+            raise refuse_empty()
+        if files or "attachments" in body:
+            msg.attachments = list(attachments or [])
+        self.world.edit_message(msg, body)
 
     async def delete_message(self, request: web.Request) -> web.Response:
         mi = request.match_info
@@ -519,7 +564,7 @@ class RestApi:
     async def callback(self, request: web.Request) -> web.Response:
         mi = request.match_info
         inter = self.world.interaction(mi["interaction_id"])
-        if inter.token != mi["token"]:
+        if inter.token != mi["token"] or self._expired(inter):
             raise NotFound("Unknown interaction", 10062)
         if inter.acknowledged:
             raise WorldError("Interaction has already been acknowledged.", 40060)
@@ -527,7 +572,9 @@ class RestApi:
         rtype = body.get("type")
         data = body.get("data") if isinstance(body.get("data"), dict) else {}
         if rtype not in (1, 4, 5, 6, 7, 8, 9, 10, 12):
-            raise WorldError("Invalid Form Body: type is not a valid interaction callback type")
+            raise FormError(
+                "type", "BASE_TYPE_CHOICES", "Value must be a valid interaction callback type."
+            )
         inter.acknowledged = True
         ephemeral = bool(isinstance(data.get("flags"), int) and data["flags"] & 64)
         msg = None
@@ -554,16 +601,33 @@ class RestApi:
             result["resource"]["message"] = self.world.message_payload(msg)
         return json_response(result)
 
+    def _expired(self, inter: Interaction) -> bool:
+        return self.clock.now() - inter.created_at > INTERACTION_TOKEN_TTL_S
+
     def _webhook_interaction(self, request: web.Request) -> Interaction:
+        """The interaction behind an application webhook: 10015 for another application's
+        id, 50027 (401) for a token that is unknown or older than 15 minutes."""
         if request.match_info["app_id"] != self.world.bot_user_id:
             raise NotFound("Unknown Webhook", 10015)
-        return self.world.interaction_by_token(request.match_info["token"])
+        iid = self.world.interactions_by_token.get(request.match_info["token"])
+        inter = self.world.interactions.get(iid) if iid is not None else None
+        if inter is None or self._expired(inter):
+            raise Unauthorized("Invalid Webhook Token", 50027)
+        return inter
 
     async def followup(self, request: web.Request) -> web.Response:
+        """Create Followup Message: Execute Webhook with ``wait`` always true (the message is
+        always returned). Before any response is sent there is nothing to follow up (10015);
+        the first follow-up of a deferred response is its original message and takes its
+        flags from the deferral, ignoring the body's."""
         inter = self._webhook_interaction(request)
+        if not inter.acknowledged:
+            raise NotFound("Unknown Webhook", 10015)
         body = _require_dict(request[BODY])
         deferred = inter.deferred_flags
         first_after_defer = deferred is not None and inter.original_message_id is None
+        if first_after_defer:
+            body = {k: v for k, v in body.items() if k != "flags"}
         msg = self._new_message(
             inter.channel_id,
             body,
@@ -574,9 +638,7 @@ class RestApi:
         if first_after_defer:
             inter.original_message_id = msg.id
         self._record(inter, "followup", None, msg, body)
-        if request.query.get("wait") in ("1", "true", "True"):
-            return json_response(self.world.message_payload(msg))
-        return no_content()
+        return json_response(self.world.message_payload(msg))
 
     def _webhook_message(self, inter: Interaction, message_id: str) -> Message:
         if message_id == "@original":
@@ -606,7 +668,7 @@ class RestApi:
             inter.original_message_id = msg.id
         else:
             msg = self._webhook_message(inter, mid)
-            self.world.edit_message(msg, body)
+            self._apply_edit(msg, body, request[FILES])
         self._record(inter, "edit", None, msg, body)
         return json_response(self.world.message_payload(msg))
 
@@ -618,14 +680,21 @@ class RestApi:
         return no_content()
 
 
-class _Forbidden(WorldError):
-    status = 403
-
-
 def _require_dict(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise WorldError("Invalid Form Body: expected a JSON object")
     return body
+
+
+def _error_of(response: web.StreamResponse) -> dict[str, Any] | None:
+    """``{code, message, errors?}`` of an error answer, for the request log."""
+    if response.status < 400 or not isinstance(response, web.Response):
+        return None
+    try:
+        data = json.loads(response.body)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 _FILE_FIELD = re.compile(r"files\[(\d+)\]")

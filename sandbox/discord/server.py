@@ -49,6 +49,7 @@ class DiscordEmulator:
         #: Shown in ``GET /_sandbox/state``; the sandbox runner fills it in.
         self.llm_url = llm_url
         self.world = World()
+        self.world.now = self.clock.now
         self.gateway = Gateway(self.world, self.clock, lambda: self.token)
         self.world.dispatch = self.gateway.dispatch
         self.rest = RestApi(

@@ -13,6 +13,7 @@ same ids on every start: guild, roles, bot, alice, bob, then the channels in ord
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,20 +36,56 @@ _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 
 
 class WorldError(Exception):
-    """A request the world refuses; ``status`` and ``code`` follow Discord's error JSON."""
+    """A request the world refuses; ``status``, ``code`` and ``errors`` follow Discord's
+    error JSON (``{"code", "message", "errors"?}``)."""
 
     status = 400
 
-    def __init__(self, message: str, code: int = 50035) -> None:
+    def __init__(
+        self, message: str, code: int = 50035, errors: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.errors = errors
 
 
 class NotFound(WorldError):
     """An unknown id (Discord answers 404 with a specific ``code``, e.g. 10003)."""
 
     status = 404
+
+
+class Forbidden(WorldError):
+    """Discord's 403: allowed in general, not to this caller (e.g. 50005)."""
+
+    status = 403
+
+
+class Unauthorized(WorldError):
+    """Discord's 401: a bad or expired token (e.g. 50027 for a webhook token)."""
+
+    status = 401
+
+
+class FormError(WorldError):
+    """Discord's 50035 "Invalid Form Body", with the failing field in ``errors``.
+
+    ``field`` is a dotted path (``content``, ``allowed_mentions.parse.0``) and ``kind`` one
+    of Discord's error codes (``BASE_TYPE_MAX_LENGTH``...), nested as Discord nests them:
+    ``{"content": {"_errors": [{"code": kind, "message": detail}]}}``.
+    """
+
+    def __init__(self, field: str, kind: str, detail: str) -> None:
+        errors: dict[str, Any] = {"_errors": [{"code": kind, "message": detail}]}
+        for key in reversed(field.split(".")):
+            errors = {key: errors}
+        super().__init__("Invalid Form Body", 50035, errors)
+        self.field = field
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"Invalid Form Body: {self.field}: {self.detail}"
 
 
 def iso_now() -> str:
@@ -134,6 +171,8 @@ class Interaction:
     acknowledged: bool = False
     #: Set by a deferred (type 5) response: the flags the eventual message will carry.
     deferred_flags: int | None = None
+    #: When it was created, on the emulator's clock: its token expires 15 minutes later.
+    created_at: float = 0.0
 
 
 class World:
@@ -142,6 +181,8 @@ class World:
     def __init__(self, *, guild_name: str = "Sandbox", bot_name: str = "sandbox-bot") -> None:
         self.ids = Snowflakes()
         self.dispatch: Callable[[str, dict[str, Any]], None] = lambda event, data: None
+        #: The emulator's clock (what interaction tokens expire by); the emulator wires it.
+        self.now: Callable[[], float] = time.monotonic
         self.guild_id = self.ids.next()
         self.guild_name = guild_name
         self.admin_role_id = self.ids.next()
@@ -370,12 +411,14 @@ class World:
         if "name" in changes:
             name = changes["name"]
             if not isinstance(name, str) or not 1 <= len(name) <= 100:
-                raise WorldError("name must be 1-100 characters")
+                raise FormError(
+                    "name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+                )
             channel.name = name
         if "topic" in changes:
             topic = changes["topic"]
-            if topic is not None and not isinstance(topic, str):
-                raise WorldError("topic must be a string")
+            if topic is not None and (not isinstance(topic, str) or len(topic) > 1024):
+                raise FormError("topic", "BASE_TYPE_MAX_LENGTH", "Must be 1024 or fewer in length.")
             channel.topic = topic
         if isinstance(changes.get("position"), int):
             channel.position = changes["position"]
@@ -386,9 +429,9 @@ class World:
         self, name: str, kind: int = TEXT, topic: str | None = None, parent_id: str | None = None
     ) -> Channel:
         if not isinstance(name, str) or not 1 <= len(name) <= 100:
-            raise WorldError("name must be 1-100 characters")
+            raise FormError("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
         if kind not in (TEXT, VOICE, CATEGORY):
-            raise WorldError("type must be 0 (text), 2 (voice) or 4 (category)")
+            raise FormError("type", "BASE_TYPE_CHOICES", "Value must be 0, 2 or 4 here.")
         if parent_id is not None:
             self.channel(parent_id)
         channel = self._add_channel(name, kind, topic=topic, parent_id=parent_id)
@@ -448,6 +491,7 @@ class World:
             name=name,
             command_id=cmd["id"] if cmd else self.ids.next(),
             options=options,
+            created_at=self.now(),
         )
         self.interactions[iid] = inter
         self.interactions_by_token[inter.token] = iid

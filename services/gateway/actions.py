@@ -7,8 +7,9 @@ reason the caller can act on (rate_limited, not_found, forbidden, timeout, ...).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
+import aiohttp
 import anyio
 import discord
 
@@ -33,31 +34,56 @@ from protocol.discord import (
     SetPresence,
     Typing,
 )
-from protocol.messages import Done
+from protocol.messages import Done, Request
 from protocol.runtime import Refused, Service
-from services.gateway.interactions import Invocation
+from services.gateway.interactions import EPHEMERAL, Invocation
 from services.gateway.state import Gateway
+
+#: Discord error codes that say more than their HTTP status.
+REASON_BY_CODE = {50027: "expired"}  # Invalid Webhook Token: the 15-minute token expired
+REASON_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    429: "rate_limited",
+}
+
+
+def _fits(content: str | None) -> None:
+    """Refuses content Discord would refuse, rather than cutting off its end."""
+    if content is not None and len(content) > MESSAGE_LIMIT:
+        raise Refused(
+            "bad_request", f"content is {len(content)} characters; split it below {MESSAGE_LIMIT:,}"
+        )
 
 
 class Actions:
     """The Discord actions of one gateway process, over its state."""
+
+    # The action table: each request type the gateway serves, and the method that does it
+    # (docs/discord-actions.md is generated from it and services/gateway/routes.py).
+    HANDLERS: ClassVar[dict[type[Request[Any]], str]] = {
+        SendMessage: "send_message",
+        EditMessage: "edit_message",
+        DeleteMessage: "delete_message",
+        RenameChannel: "rename_channel",
+        CreateChannel: "create_channel",
+        Typing: "typing",
+        SetPresence: "set_presence",
+        CountsRequest: "counts",
+        GuildInfoRequest: "guild_info",
+        EditInteraction: "edit_interaction",
+        InteractionFollowup: "interaction_followup",
+    }
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
     def serve(self, service: Service) -> None:
         """Answer every action's request type on the bus."""
-        service.request(SendMessage)(self.send_message)
-        service.request(EditMessage)(self.edit_message)
-        service.request(DeleteMessage)(self.delete_message)
-        service.request(RenameChannel)(self.rename_channel)
-        service.request(CreateChannel)(self.create_channel)
-        service.request(Typing)(self.typing)
-        service.request(SetPresence)(self.set_presence)
-        service.request(CountsRequest)(self.counts)
-        service.request(GuildInfoRequest)(self.guild_info)
-        service.request(EditInteraction)(self.edit_interaction)
-        service.request(InteractionFollowup)(self.interaction_followup)
+        for request_type, method in self.HANDLERS.items():
+            service.request(request_type)(getattr(self, method))
 
     async def _discord(self, call: Any) -> Any:
         """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
@@ -72,13 +98,9 @@ class Actions:
                 "timeout", f"Discord did not answer within {self.gw.request_timeout_s:g}s"
             ) from None
         except discord.HTTPException as exc:
-            reason = {
-                400: "bad_request",
-                403: "forbidden",
-                404: "not_found",
-                429: "rate_limited",
-            }.get(exc.status, "discord_error")
-            raise Refused(reason, f"{exc.status} {exc.text or exc}") from None
+            reason = REASON_BY_CODE.get(exc.code) or REASON_BY_STATUS.get(exc.status)
+            detail = f"{exc.status} (code {exc.code}) {exc.text or exc}"
+            raise Refused(reason or "discord_error", detail) from None
 
     async def edit_original(
         self, inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None
@@ -97,10 +119,7 @@ class Actions:
         return allowed if allowed is not None else NO_PINGS
 
     async def send_message(self, msg: SendMessage) -> Sent:
-        if len(msg.content) > MESSAGE_LIMIT:
-            raise Refused(
-                "bad_request", f"content is {len(msg.content)} characters; split it below 2,000"
-            )
+        _fits(msg.content)
         reference = (
             {"message_id": msg.reply_to_id, "fail_if_not_exists": False}
             if msg.reply_to_id
@@ -118,9 +137,10 @@ class Actions:
         return Sent(str(sent["id"]))
 
     async def edit_message(self, msg: EditMessage) -> Done:
+        _fits(msg.content)
         fields: dict[str, Any] = {"allowed_mentions": self._mentions(msg.allowed_mentions)}
         if msg.content is not None:
-            fields["content"] = msg.content[:MESSAGE_LIMIT]
+            fields["content"] = msg.content
         if msg.embeds is not None:
             fields["embeds"] = msg.embeds
         await self._discord(self.gw.http().edit_message(msg.channel_id, msg.message_id, **fields))
@@ -173,7 +193,13 @@ class Actions:
                     discord.ActivityType, msg.activity_type, discord.ActivityType.playing
                 )
                 activity = discord.Activity(type=kind, name=msg.activity)
-        await client.change_presence(status=status, activity=activity)
+        if client.ws.socket.closed:  # dropped; py-cord keeps the old socket while it reconnects
+            raise Refused("not_connected", "the Discord connection is down; reconnecting")
+        try:
+            await client.change_presence(status=status, activity=activity)
+        except (OSError, aiohttp.ClientError, discord.ConnectionClosed) as exc:
+            # the socket closed under us (py-cord sends op 3 without catching this)
+            raise Refused("not_connected", f"the Discord connection closed: {exc}") from None
         return Done()
 
     async def counts(self, msg: CountsRequest) -> GuildCounts:
@@ -195,6 +221,7 @@ class Actions:
         inv = self.gw.interactions.get(msg.interaction_id)
         if inv is None:
             raise Refused("not_found", "unknown or expired interaction")
+        _fits(msg.content)
         await self.edit_original(inv, msg.content, msg.embeds)
         return Done()
 
@@ -202,14 +229,24 @@ class Actions:
         inv = self.gw.interactions.get(msg.interaction_id)
         if inv is None:
             raise Refused("not_found", "unknown or expired interaction")
+        _fits(msg.content)
+        # Create Followup Message. py-cord's create_followup_message iterates `files` (None
+        # raises TypeError before any request) and cannot set flags (ephemeral): call its
+        # multipart helper on the same route instead.
+        route = discord.http.Route(
+            "POST",
+            "/webhooks/{application_id}/{interaction_token}",
+            application_id=inv.application_id,
+            interaction_token=inv.token,
+        )
         sent = await self._discord(
-            self.gw.http().create_followup_message(
-                inv.application_id,
-                inv.token,
-                content=msg.content[:MESSAGE_LIMIT] or None,
+            self.gw.http().send_multipart_helper(
+                route,
+                files=[],
+                content=msg.content or None,
                 embeds=msg.embeds or None,
                 allowed_mentions=NO_PINGS,
-                files=[],  # py-cord 2.8.1 iterates it: None raises before any request
+                flags=EPHEMERAL if msg.ephemeral else None,
             )
         )
         return Sent(str(sent["id"]))

@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from protocol.channel import RemoteError
+from protocol.messages import Message
 from tests.support.harness import Running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +107,33 @@ class Sandbox(Running):
     def bot_messages(self, channel: str = "general") -> list[dict[str, Any]]:
         bot = self.state["bot_user_id"]
         return [m for m in self.messages(channel) if m["author_id"] == bot]
+
+    def requests(self, mark: int = 0, method: str | None = None, route: str | None = None) -> Any:
+        """The REST calls the bot made (``GET requests``), from the ``mark``-th on, filtered
+        by method and route template (``/channels/{channel_id}/messages``)."""
+        made = self.get("requests")[mark:]
+        return [
+            r
+            for r in made
+            if (method is None or r["method"] == method) and (route is None or r["route"] == route)
+        ]
+
+    def mark(self) -> int:
+        """Where the request log ends now: pass it to `requests` to see only what follows."""
+        return len(self.get("requests"))
+
+    # --- the bus: requests as another service sends them ---
+
+    def bus(self, service: str, msg: Message, timeout: float = 5.0) -> dict[str, Any]:
+        return Running.call(self, service, msg, timeout)
+
+    def refusal(self, service: str, msg: Message, timeout: float = 5.0) -> RemoteError:
+        """The error `service` answers `msg` with (fails if it carries it out)."""
+        try:
+            answer = self.bus(service, msg, timeout)
+        except RemoteError as exc:
+            return exc
+        raise AssertionError(f"{msg.TYPE} was carried out ({answer}); expected a refusal")
 
     def wait_connected(self) -> None:
         wait_for(

@@ -94,8 +94,8 @@ class FakeHttp:
         self._record("get_bans", *args, **kwargs)
         return self.bans
 
-    async def create_followup_message(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        self._record("create_followup_message", *args, **kwargs)
+    async def send_multipart_helper(self, route: Any, **kwargs: Any) -> dict[str, Any]:
+        self._record("send_multipart_helper", route.method, route.url, **kwargs)
         return {"id": "820"}
 
     async def edit_original_interaction_response(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -294,15 +294,17 @@ async def test_counts_of_an_unknown_guild_are_refused_not_found() -> None:
     assert (await refusal(act.counts(CountsRequest("999")))).reason == "not_found"
 
 
-async def test_a_followup_passes_an_empty_file_list_and_pings_nobody() -> None:
+async def test_a_followup_posts_to_the_webhook_with_no_files_pinging_nobody() -> None:
     act, http = actions()
     with_interaction(act)
     assert await act.interaction_followup(InteractionFollowup("700", "more")) == Sent("820")
-    ((args, kwargs),) = http.named("create_followup_message")
-    assert args == ("900", "tok")
-    assert kwargs["files"] == []
-    assert kwargs["content"] == "more"
+    assert await act.interaction_followup(InteractionFollowup("700", "psst", ephemeral=True))
+    (args, kwargs), (_, private) = http.named("send_multipart_helper")
+    assert args[0] == "POST" and args[1].endswith("/webhooks/900/tok")
+    assert kwargs["files"] == []  # py-cord 2.8.1 iterates it
+    assert kwargs["content"] == "more" and kwargs["flags"] is None
     assert kwargs["allowed_mentions"] == NO_PINGS
+    assert private["flags"] == 64  # ephemeral
 
 
 async def test_an_interaction_edit_rewrites_the_original_response() -> None:
