@@ -22,7 +22,7 @@ from loguru import logger
 
 from protocol.breaker import BreakerOpen
 from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
-from protocol.clock import Clock
+from protocol.clock import Clock, Wakeup
 from protocol.discord import (
     COUNT_FIELDS,
     NO_PINGS,
@@ -65,7 +65,7 @@ class Stats:
         self.guild_known = anyio.Event()
         self.report_channel_id: str | None = None
         self.posted: set[str] = set()
-        self._nudged = anyio.Event()
+        self.wakeup = Wakeup(self.clock)
         self.poster = OncePoster(
             kv_get=lambda key: self._kv_get(REPORT_NS, key),
             kv_set=lambda key, value, absent: self._kv_set(REPORT_NS, key, value, absent),
@@ -165,24 +165,7 @@ class Stats:
             cid = self.counter_ids.get(spec.kind)
             name = render(spec, self.values)
             if cid is not None and name is not None and self.throttle.want(cid, name):
-                self._nudge()
-
-    def _nudge(self) -> None:
-        self._nudged.set()
-        self._nudged = anyio.Event()
-
-    async def _wait(self, seconds: float | None) -> None:
-        """Until `seconds` pass on the clock, or something new is wanted."""
-        nudged = self._nudged
-        async with anyio.create_task_group() as tg:
-
-            async def on_nudge() -> None:
-                await nudged.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_nudge)
-            await self.clock.sleep(3600.0 if seconds is None else seconds)
-            tg.cancel_scope.cancel()
+                self.wakeup.set()
 
     async def keep_counters(self) -> None:
         """Rename counter channels as their numbers change, within the window."""
@@ -191,7 +174,8 @@ class Stats:
         while True:
             for channel_id, name in self.throttle.due():
                 await self.rename(channel_id, name)
-            await self._wait(self.throttle.next_due_in())
+            due_in = self.throttle.next_due_in()
+            await self.wakeup.sleep(3600.0 if due_in is None else due_in)
 
     async def load_counter_records(self) -> None:
         """Remembered channel ids (a renamed channel no longer has its configured name)
