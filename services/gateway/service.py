@@ -30,6 +30,7 @@ from protocol.channel import PeerGone, RemoteError, RequestTimeout
 from protocol.clock import Clock
 from protocol.commands import CATALOGUE, Tier
 from protocol.discord import (
+    GATEWAY,
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
@@ -62,7 +63,7 @@ FAILED = "That failed, sorry. The error was logged."
 
 def build(clock: Clock | None = None) -> tuple[Service, GatewayService]:
     """A fresh gateway service and its process state (tests build several)."""
-    service = Service("gateway", Settings, clock)
+    service = Service(GATEWAY, Settings, clock)
     gateway = GatewayService(service, Gateway(service.clock))
     # What it listens to: Discord (started by stay_connected), and the other services'
     # requests for Discord actions.

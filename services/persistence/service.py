@@ -35,6 +35,7 @@ from protocol.discord import (
 from protocol.messages import Message
 from protocol.runtime import Service, TransientError
 from protocol.store import (
+    STORE,
     Counts,
     KvGet,
     KvSet,
@@ -164,7 +165,7 @@ class Persistence:
 
 def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
     """The service and its state, fresh (tests run several in one process)."""
-    service = Service("persistence", Settings, clock)
+    service = Service(STORE, Settings, clock)
     p = Persistence(service.clock)
 
     @service.setup

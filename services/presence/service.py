@@ -21,7 +21,7 @@ from loguru import logger
 
 from protocol.channel import UNREACHABLE
 from protocol.clock import Clock, Wakeup
-from protocol.discord import COUNT_FIELDS, GuildCounts, GuildReady, SetPresence
+from protocol.discord import COUNT_FIELDS, GATEWAY, GuildCounts, GuildReady, SetPresence
 from protocol.messages import SupervisorStatus
 from protocol.runtime import Service
 from services.presence.rotation import MIN_INTERVAL_S, Rotation, presence_status, uptime_text
@@ -113,7 +113,7 @@ class Presence:
     async def send(self, presence: SetPresence) -> SetPresence | None:
         self.tried_at = self.clock.monotonic()
         try:
-            await self.service.call("gateway", presence, timeout=5)
+            await self.service.call(GATEWAY, presence, timeout=5)
         except UNREACHABLE as exc:
             logger.info("presence not sent (the next update sends a newer one): {}", exc)
             return None
