@@ -23,15 +23,6 @@ import anyio
 from loguru import logger
 
 from protocol.clock import Clock
-from protocol.discord import (
-    MemberBanned,
-    MemberJoined,
-    MemberLeft,
-    MemberUnbanned,
-    MessageCreated,
-    MessageDeleted,
-    MessageEdited,
-)
 from protocol.messages import Message
 from protocol.runtime import Service, TransientError
 from protocol.store import (
@@ -41,7 +32,6 @@ from protocol.store import (
     KvSet,
     KvStored,
     KvValue,
-    LlmExchange,
     MemberEventList,
     MemberEvents,
     RecentMessages,
@@ -55,16 +45,7 @@ from services.persistence.journal import Journal
 from services.persistence.settings import Settings
 from services.persistence.store import DatabaseUnavailable, Store, describe_url, open_database
 
-STORED_EVENTS: tuple[type[Message], ...] = (
-    MessageCreated,
-    MessageEdited,
-    MessageDeleted,
-    MemberJoined,
-    MemberLeft,
-    MemberBanned,
-    MemberUnbanned,
-    LlmExchange,
-)
+STORED_EVENTS: tuple[type[Message], ...] = tuple(Store.WRITERS)
 T = TypeVar("T")
 
 
