@@ -6,7 +6,7 @@ and the `/stats` command.
 Does: keeps each counter channel's name showing its number, renaming only when
 the number changed and never faster than Discord allows (counters.py); posts
 each day's (and week's) member report once, catching up after downtime
-(report.py, claims.py).
+(report.py; once per report by protocol/once.py).
 Sends: renames and reports to the gateway; claims, counter channel ids and
 rename history to persistence, which also answers the member events it stored.
 """
@@ -35,11 +35,10 @@ from protocol.discord import (
     RenameChannel,
     SendMessage,
 )
+from protocol.once import AMBIGUOUS, OncePoster, Outcome
 from protocol.runtime import Service
 from protocol.store import STORE, KvGet, KvSet, MemberEvents, RecentMessages
 from services.stats import report
-from services.stats.claims import AMBIGUOUS, OncePoster, Outcome
-from services.stats.claims import NAMESPACE as REPORT_NS
 from services.stats.counters import (
     CounterSpec,
     RenameThrottle,
@@ -51,6 +50,7 @@ from services.stats.counters import (
 from services.stats.settings import Settings
 
 COUNTER_NS = "stats.counter"
+REPORT_NS = "stats.report"  # the reports' claims (protocol/once.py)
 
 
 class Stats:

@@ -1,4 +1,5 @@
-"""A report is posted exactly once: across restarts, failed sends and interrupted runs."""
+"""A message (a report, a reminder) is posted exactly once: across restarts, failed sends
+and interrupted runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from protocol.breaker import BreakerOpen
 from protocol.channel import RemoteError, RequestTimeout
-from services.stats.claims import OncePoster
+from protocol.once import OncePoster
 
 pytestmark = pytest.mark.anyio
 
@@ -71,8 +72,10 @@ async def test_a_send_the_gateway_refused_is_released_and_retried_once():
     world.send_error = RemoteError("gateway", "forbidden", "403 Missing Access")
     first = await world.poster().post_once(KEY, HEADER, [])
     assert not first.done and world.kv[KEY]["state"] == "failed"
+    assert first.refused, "Discord said no: the caller may give up after a few tries"
     world.send_error = BreakerOpen("stats->gateway", 1.0)
-    assert not (await world.poster().post_once(KEY, HEADER, [])).done
+    held_back = await world.poster().post_once(KEY, HEADER, [])
+    assert not held_back.done and not held_back.refused, "the breaker only delays it"
     world.send_error = None
     assert (await world.poster().post_once(KEY, HEADER, [])).done
     assert (await world.poster().post_once(KEY, HEADER, [])).done

@@ -1,7 +1,9 @@
-"""Posting a report exactly once, across restarts of the stats service and the gateway.
+"""Posting a message exactly once, across restarts of the poster and the gateway.
 
-Each report has a key (`daily:2024-05-01`) in persistence, namespace
-"stats.report", whose value moves through three states:
+Used by stats (each daily report) and the scheduler (each reminder, poll result and
+event reminder). Each post has a key (`daily:2024-05-01`, `reminder:12:1767225600`) in
+a store the poster owns (persistence's KV, or the scheduler's own SQLite), whose value
+moves through three states:
 
     absent --claim--> posting --sent--> posted
     posting --definite failure--> failed --claimed again--> posting
@@ -11,15 +13,15 @@ Each report has a key (`daily:2024-05-01`) in persistence, namespace
    `KvSet(only_if_absent=True)`: the atomic step, so two runs never both post.
 2. If the key exists: "posted" means done forever. "failed" means the gateway
    surely did not post it (Discord refused it, or the breaker never let the
-   request out), so it is claimed again by overwriting; no second stats
-   process can race this, because the supervisor starts a service again only
-   after the old process has exited.
+   request out), so it is claimed again by overwriting; no second process of
+   the same service can race this, because the supervisor starts a service
+   again only after the old process has exited.
 3. "posting" means a run sent it and then died or timed out (here, or between
    the gateway and Discord), so whether it
    reached Discord is unknown. Reposting risks a double post, dropping risks a
    lost one; instead we look: the gateway's own messages are stored by
-   persistence, so a bot message in the report channel starting with the
-   report's header since the claim means it went out (it is marked posted).
+   persistence, so a bot message in the channel with the post's header (its
+   content) since the claim means it went out (it is marked posted).
    If none is found after `lease_s` (time enough for the message to have
    reached the store), it did not, and it is posted again. If persistence
    cannot answer, we wait: nothing is posted without a claim.
@@ -39,7 +41,6 @@ from loguru import logger
 from protocol.breaker import BreakerOpen
 from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
 
-NAMESPACE = "stats.report"
 LEASE_S = 120.0
 
 KvGet = Callable[[str], Awaitable[Any]]  # key -> value (None if absent); raises if down
@@ -55,6 +56,9 @@ AMBIGUOUS = ("timeout", "handler_error")
 class Outcome:
     done: bool  # posted now or before: never try again
     detail: str
+    # Not posted because the gateway refused it for good (RemoteError: the channel is
+    # gone, the user takes no DMs...): trying again as is may never work.
+    refused: bool = False
 
 
 class OncePoster:
@@ -106,7 +110,7 @@ class OncePoster:
             await self._set(key, {"state": "failed", "at": self._wall()}, False)
         except UNREACHABLE:
             pass  # left as "posting": found, or posted again after the lease
-        return Outcome(False, f"gateway did not post: {exc}")
+        return Outcome(False, f"gateway did not post: {exc}", refused=isinstance(exc, RemoteError))
 
     async def flush_marks(self) -> None:
         for key, value in list(self.unmarked.items()):
