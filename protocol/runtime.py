@@ -105,6 +105,9 @@ class RuntimeContext:
     heartbeat_interval_s: float = 1.0
     supervisor_pid: int | None = None
     stop_timeout_s: float = 2.0
+    # How far the sandbox has moved every clock before this process started: applied
+    # when the service allows clock control (a restarted service keeps the sandbox's time).
+    clock_offset_s: float = 0.0
 
 
 RequestFn = Callable[[Any], Awaitable[Message]]
@@ -403,6 +406,8 @@ class Service:
         self.ctx = ctx
         self.name = ctx.name  # services.toml names the process (tests run one module twice)
         self.check(ctx.topology, ctx.settings)
+        if ctx.clock_offset_s > 0 and self.settings.allow_clock_control:
+            self.clock.advance(ctx.clock_offset_s)
         self._stopping = anyio.Event()  # a fresh one per run: a Service can run again
         if self.ready.is_set():  # (kept otherwise: a test may be waiting on it already)
             self.ready = anyio.Event()

@@ -20,7 +20,7 @@ from loguru import logger
 
 from protocol.runtime import EXIT_CONFIG, ConfigurationError, RuntimeContext
 from supervisor import logs
-from supervisor.config import ConfigError, load
+from supervisor.config import CLOCK_OFFSET_ENV, ConfigError, load
 from supervisor.preflight import build_service
 
 PR_SET_PDEATHSIG = 1
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
         heartbeat_interval_s=min(sup.heartbeat_interval_s, spec.heartbeat_timeout_s / 3),
         supervisor_pid=supervisor_pid,
         stop_timeout_s=max(0.1, spec.stop_grace_s - 0.5),
+        clock_offset_s=float(os.environ.get(CLOCK_OFFSET_ENV) or 0.0),
     )
     try:
         anyio.run(service.run, ctx)

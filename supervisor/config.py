@@ -31,6 +31,9 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 # Settings the sandbox (or a test) changes without editing services.toml: JSON
 # {service: {setting: value}} in this environment variable, applied on every load.
 OVERRIDES_ENV = "BOT_SETTINGS_OVERRIDES"
+# How far a supervisor has moved its services' clocks (the sandbox's POST clock), given
+# to each process it starts so a restarted service keeps the sandbox's time.
+CLOCK_OFFSET_ENV = "BOT_CLOCK_OFFSET_S"
 
 
 class ConfigError(Exception):

@@ -25,6 +25,7 @@ from protocol.channel import UNREACHABLE
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
     SUPERVISOR,
+    AdvanceClock,
     ApplySettings,
     Heartbeat,
     MessageError,
@@ -38,7 +39,7 @@ from protocol.messages import (
     decode,
 )
 from protocol.runtime import EXIT_CONFIG
-from supervisor.config import Config, ConfigError, load
+from supervisor.config import CLOCK_OFFSET_ENV, Config, ConfigError, load
 from supervisor.effects import Child, Effects, OSEffects, child_argv, child_env
 from supervisor.notify import Notifier
 from supervisor.process import ServiceProcess, State
@@ -73,6 +74,10 @@ class Supervisor:
         self._started_at = time.monotonic()
         self.bus: Bus | None = None
         self._tg: TaskGroup | None = None
+        # How far the sandbox moved time (advance_clocks), and how much of it each
+        # running process has been given.
+        self.clock_offset_s = 0.0
+        self._clock_given: dict[str, float] = {}
 
     # --- main -----------------------------------------------------------------------
 
@@ -158,6 +163,9 @@ class Supervisor:
             }
         )
         while not self._shutting_down:
+            given = self.clock_offset_s
+            if given:
+                env[CLOCK_OFFSET_ENV] = repr(given)
             try:
                 child = await self.effects.spawn(child_argv(name), env, Path.cwd())
             except OSError as exc:
@@ -165,6 +173,9 @@ class Supervisor:
                 child = None
             if child is not None:
                 self._children[name] = child
+                self._clock_given[name] = given
+                if self.clock_offset_s > given and self._tg is not None:
+                    self._tg.start_soon(self._sync_clock, name)  # moved while spawning
                 self._gone[name] = anyio.Event()
                 proc.spawned(child.pid, self.effects.now())
                 self._note_change()
@@ -310,6 +321,34 @@ class Supervisor:
             reply(env.reply(answer.to_body(), answer.TYPE))
         else:
             reply(env.error("unknown_type", f"the supervisor does not serve {env.type!r}"))
+
+    async def advance_clocks(self, seconds: float) -> None:
+        """Time moved on in the sandbox: move the clock of every service that allows it
+        (`allow_clock_control`) by as much. A process that starts later is given the
+        whole offset when it starts (BOT_CLOCK_OFFSET_S)."""
+        self.clock_offset_s += seconds
+        async with anyio.create_task_group() as tg:
+            for name in list(self._children):
+                tg.start_soon(self._sync_clock, name)
+
+    async def _sync_clock(self, name: str) -> None:
+        """Give a running process the part of the offset it has not had yet."""
+        behind = self.clock_offset_s - self._clock_given.get(name, 0.0)
+        if behind <= 0 or not self._clock_controlled(name):
+            return
+        assert self.bus is not None
+        self._clock_given[name] = self.clock_offset_s
+        try:
+            await self.bus.request(name, AdvanceClock(behind), timeout=2)
+        except UNREACHABLE as exc:
+            # It is going away: its successor is given the whole offset when it starts.
+            logger.info("{}: its clock was not moved ({})", name, exc)
+
+    def _clock_controlled(self, name: str) -> bool:
+        try:
+            return self.config.service(name).settings.get("allow_clock_control") is True
+        except KeyError:
+            return False
 
     def restart(self, name: str) -> tuple[bool, str]:
         proc = self.procs.get(name)
