@@ -55,12 +55,38 @@ Routes (``->`` is the answer; the event in brackets is what the bot receives):
   refused_connections, presence_updates, sessions: [{session_id, seq, connected, resumes,
   buffered, intents, invalid}]}`` (``presence_updates``: op 3 frames received)
 
+- ``POST dms {author_id, content}`` -> ``{id, channel_id}`` [MESSAGE_CREATE without
+  guild_id]: a user writes to the bot in their DM channel (created on first use);
+  ``GET users/{id}/dms`` -> that channel's messages as in ``channels/{id}/messages``
+  (``[]`` before any)
+- ``POST polls/{message_id}/votes {user_id, answer}`` -> ``{message_id, user_id,
+  answer_id}`` [MESSAGE_POLL_VOTE_ADD; in a single-choice poll a vote for another answer
+  removes the first: MESSAGE_POLL_VOTE_REMOVE before]; ``answer`` is the answer's text or
+  its 1-based id; ``DELETE polls/{message_id}/votes {user_id, answer}`` takes it back
+  [MESSAGE_POLL_VOTE_REMOVE]; a poll that has ended answers 400
+- ``POST polls/{message_id}/expire`` -> ``{message_id}`` [MESSAGE_UPDATE, finalized]: its
+  author ends it early, as Discord's "End poll now" does. Polls also end by themselves
+  when the clock passes their expiry
+- ``GET scheduled-events`` -> ``[{id, name, start, end, location, description, status,
+  interested}]`` (times ISO-8601, ``interested`` the user ids);
+  ``POST scheduled-events/{id}/interested {user_id}`` / ``DELETE
+  scheduled-events/{id}/interested {user_id}`` -> ``{id, interested}``
+  [GUILD_SCHEDULED_EVENT_USER_ADD / _REMOVE]
+- Messages in ``channels/{id}/messages`` also carry ``poll`` (``{question, answers:
+  [{answer_id, text, votes}], expiry, allow_multiselect, finalized}`` or null) and
+  ``attachments`` (``[{id, filename, content_type, size, url}]``: the url serves the
+  bytes); ``POST messages`` takes ``attachments: [{filename, content_type?, data_b64}]``
+- ``POST interactions`` with a ``name`` of several words (``"event create"``) runs that
+  subcommand: its options are nested in a SUB_COMMAND option, as Discord sends them
+
 Interaction tokens live 15 minutes of the emulator's clock (``POST clock`` moves it): after
 that a callback gets 10062 and a follow-up or edit 401 with code 50027.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -70,7 +96,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .rest import json_response
-from .world import STATUSES, Message, NotFound, WorldError
+from .world import STATUSES, Message, NotFound, Poll, WorldError, iso
 
 if TYPE_CHECKING:
     from .server import DiscordEmulator
@@ -153,6 +179,21 @@ def _options(raw: Any) -> list[dict[str, Any]]:
     raise BadInput("options must be a list of {name, type, value} or a {name: value} object")
 
 
+def _poll_view(poll: Poll | None) -> dict[str, Any] | None:
+    if poll is None:
+        return None
+    return {
+        "question": poll.question,
+        "answers": [
+            {"answer_id": i, "text": text, "votes": len(poll.votes.get(i, []))}
+            for i, text in enumerate(poll.answers, 1)
+        ],
+        "expiry": iso(poll.expiry),
+        "allow_multiselect": poll.allow_multiselect,
+        "finalized": poll.finalized,
+    }
+
+
 def _message_view(msg: Message) -> dict[str, Any]:
     return {
         "id": msg.id,
@@ -166,6 +207,7 @@ def _message_view(msg: Message) -> dict[str, Any]:
         "flags": msg.flags,
         "interaction_id": msg.interaction_id,
         "timestamp": msg.timestamp,
+        "poll": _poll_view(msg.poll),
     }
 
 
@@ -217,6 +259,14 @@ class ControlApi:
         r.add_post(p + "gateway/invalidate", self.invalidate)
         r.add_get(p + "gateway/sessions", self.sessions)
         r.add_post(p + "gateway/dispatch", self.raw_dispatch)
+        r.add_post(p + "dms", self.post_dm)
+        r.add_get(p + "users/{id}/dms", self.user_dms)
+        r.add_post(p + "polls/{id}/votes", self.vote)
+        r.add_delete(p + "polls/{id}/votes", self.unvote)
+        r.add_post(p + "polls/{id}/expire", self.expire_poll)
+        r.add_get(p + "scheduled-events", self.scheduled_events)
+        r.add_post(p + "scheduled-events/{id}/interested", self.interested)
+        r.add_delete(p + "scheduled-events/{id}/interested", self.interested)
 
     async def state(self, request: web.Request) -> web.Response:
         emu, world = self.emu, self.emu.world
@@ -260,10 +310,37 @@ class ControlApi:
         world.member(author_id)
         if reply_to is not None:
             world.message(reply_to)
+        attachments = self._uploads(body.get("attachments", []))
         msg = world.post_message(
-            channel_id, author_id, content, embeds=embeds, reply_to_id=reply_to
+            channel_id,
+            author_id,
+            content,
+            embeds=embeds,
+            reply_to_id=reply_to,
+            attachments=attachments,
         )
         return json_response({"id": msg.id})
+
+    def _uploads(self, raw: Any) -> list[dict[str, Any]]:
+        """``[{filename, content_type?, data_b64}]`` as attachment objects (bytes kept)."""
+        if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+            raise BadInput("attachments must be a list of {filename, data_b64} objects")
+        out = []
+        for item in raw:
+            filename = item.get("filename")
+            if not isinstance(filename, str) or not filename or "/" in filename:
+                raise BadInput("each attachment needs a filename (no slashes)")
+            try:
+                data = base64.b64decode(str(item.get("data_b64", "")), validate=True)
+            except (binascii.Error, ValueError):
+                raise BadInput(f"{filename}: data_b64 is not base64") from None
+            kept = self.emu.rest.keep_file({"filename": filename, "_data": data})
+            if isinstance(item.get("content_type"), str):
+                kept["content_type"] = item["content_type"]
+                name, _, stored = self.emu.world.files[kept["id"]]
+                self.emu.world.files[kept["id"]] = (name, item["content_type"], stored)
+            out.append(kept)
+        return out
 
     async def edit_message(self, request: web.Request) -> web.Response:
         msg = self.emu.world.message(_path_id(request, "id"))
@@ -331,9 +408,13 @@ class ControlApi:
         channel_id = _id(body, "channel_id")
         user_id = _id(body, "user_id")
         name = _str(body, "name")
-        if not name:
+        if not name or not name.strip():
             raise BadInput("name must be a non-empty string")
         options = _options(body.get("options"))
+        # "/event create": the command, then its subcommand (and group) as Discord nests them
+        name, *path = name.split()
+        for sub in reversed(path):
+            options = [{"name": sub, "type": 1 if sub == path[-1] else 2, "options": options}]
         assert channel_id and user_id
         inter = self.emu.world.create_interaction(channel_id, user_id, name, options)
         return json_response({"id": inter.id, "token": inter.token, "command_id": inter.command_id})
@@ -398,7 +479,7 @@ class ControlApi:
                 or not 0 <= advance <= 10**9
             ):
                 raise BadInput("advance_s must be a number between 0 and 1e9")
-            self.emu.clock.advance(float(advance))
+            await self.emu.advance(float(advance))
         return json_response({"now": self.emu.clock.now()})
 
     async def disconnect(self, request: web.Request) -> web.Response:
@@ -431,3 +512,73 @@ class ControlApi:
 
     async def sessions(self, request: web.Request) -> web.Response:
         return json_response(self.emu.gateway.describe())
+
+    # ---- DMs, polls, scheduled events -----------------------------------------------------
+
+    async def post_dm(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        author_id = _id(body, "author_id")
+        content = _str(body, "content")
+        assert author_id is not None and content is not None
+        world = self.emu.world
+        world.user(author_id)
+        channel = world.open_dm(author_id)
+        msg = world.post_message(channel.id, author_id, content)
+        return json_response({"id": msg.id, "channel_id": channel.id})
+
+    async def user_dms(self, request: web.Request) -> web.Response:
+        msgs = self.emu.world.dm_messages(_path_id(request, "id"))
+        return json_response([_message_view(m) for m in msgs])
+
+    def _vote_input(self, body: dict[str, Any]) -> tuple[str, Any]:
+        user_id = _id(body, "user_id")
+        answer = body.get("answer")
+        if isinstance(answer, bool) or not isinstance(answer, str | int):
+            raise BadInput("answer must be the answer's text or its 1-based id")
+        assert user_id is not None
+        return user_id, answer
+
+    async def vote(self, request: web.Request) -> web.Response:
+        message_id = _path_id(request, "id")
+        user_id, answer = self._vote_input(await _body(request))
+        answer_id = self.emu.world.vote(message_id, user_id, answer)
+        return json_response({"message_id": message_id, "user_id": user_id, "answer_id": answer_id})
+
+    async def unvote(self, request: web.Request) -> web.Response:
+        message_id = _path_id(request, "id")
+        user_id, answer = self._vote_input(await _body(request))
+        answer_id = self.emu.world.unvote(message_id, user_id, answer)
+        return json_response({"message_id": message_id, "user_id": user_id, "answer_id": answer_id})
+
+    async def expire_poll(self, request: web.Request) -> web.Response:
+        world = self.emu.world
+        msg = world.poll_message(_path_id(request, "id"))
+        world.end_poll(msg)
+        return json_response({"message_id": msg.id})
+
+    async def scheduled_events(self, request: web.Request) -> web.Response:
+        return json_response(
+            [
+                {
+                    "id": e.id,
+                    "name": e.name,
+                    "start": iso(e.start),
+                    "end": iso(e.end) if e.end is not None else None,
+                    "location": e.location,
+                    "description": e.description,
+                    "status": e.status,
+                    "interested": list(e.interested),
+                }
+                for e in self.emu.world.scheduled_events.values()
+            ]
+        )
+
+    async def interested(self, request: web.Request) -> web.Response:
+        event_id = _path_id(request, "id")
+        user_id = _id(await _body(request), "user_id")
+        assert user_id is not None
+        world = self.emu.world
+        world.set_interest(event_id, user_id, request.method == "POST")
+        return json_response(
+            {"id": event_id, "interested": world.scheduled_event(event_id).interested}
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -101,6 +102,9 @@ class RestApi:
         self.limits = RateLimiter(clock)
         self.requests: deque[dict[str, Any]] = deque(maxlen=100_000)
         self.started_at = clock.now()
+        #: Where uploaded files are served (``GET /attachments/{id}/{filename}``); the
+        #: emulator sets it once it listens.
+        self.cdn_base = "http://127.0.0.1"
 
     # ---- edge ----------------------------------------------------------------------------
 
@@ -142,9 +146,10 @@ class RestApi:
         if not webhook and request.headers.get("Authorization") != f"Bot {self._token()}":
             return discord_error(401, "401: Unauthorized")
         try:
-            request[BODY], request[FILES] = await _read_body(request)
+            request[BODY], files = await _read_body(request)
         except ValueError:
             return discord_error(400, "The request body contains invalid JSON.", 50109)
+        request[FILES] = [self.keep_file(f) for f in files]
         decision = None
         if not webhook:
             if self.global_limit is not None:
@@ -209,12 +214,40 @@ class RestApi:
         }
         return json_response(body, 429, headers)
 
+    def keep_file(self, upload: dict[str, Any]) -> dict[str, Any]:
+        """Store an uploaded file's bytes; answers its attachment object (served at url)."""
+        data: bytes = upload.pop("_data", b"")
+        aid = self.world.ids.next()
+        filename = upload.get("filename") or "file"
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        self.world.files[aid] = (filename, content_type, data)
+        url = f"{self.cdn_base}/attachments/{aid}/{filename}"
+        return {
+            **upload,
+            "id": aid,
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
+
+    async def attachment(self, request: web.Request) -> web.Response:
+        """The bytes of an uploaded file (Discord's CDN, without auth)."""
+        found = self.world.files.get(request.match_info["attachment_id"])
+        if found is None or found[0] != request.match_info["filename"]:
+            return discord_error(404, "404: Not Found")
+        _, content_type, data = found
+        return web.Response(body=data, content_type=content_type)
+
     # ---- routes --------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
         p = API_PREFIX
         r = app.router
+        r.add_get("/attachments/{attachment_id:\\d+}/{filename}", self.attachment)
         r.add_get(p + "/users/@me", self.get_me)
+        r.add_post(p + "/users/@me/channels", self.open_dm)
         r.add_get(p + "/users/{user_id:\\d+}", self.get_user)
         r.add_get(p + "/gateway", self.get_gateway)
         r.add_get(p + "/gateway/bot", self.get_gateway_bot)
@@ -239,6 +272,9 @@ class RestApi:
         r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self.get_message)
         r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self.edit_message)
         r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self.delete_message)
+        polls = p + "/channels/{channel_id}/polls/{message_id}"
+        r.add_post(polls + "/expire", self.expire_poll)
+        r.add_get(polls + "/answers/{answer_id}", self.poll_voters)
         # guild
         g = p + "/guilds/{guild_id}"
         r.add_get(g, self.get_guild)
@@ -252,6 +288,13 @@ class RestApi:
         r.add_get(g + "/bans/{user_id}", self.get_ban)
         r.add_put(g + "/bans/{user_id}", self.put_ban)
         r.add_delete(g + "/bans/{user_id}", self.delete_ban)
+        events = g + "/scheduled-events"
+        r.add_get(events, self.list_scheduled_events)
+        r.add_post(events, self.create_scheduled_event)
+        r.add_get(events + "/{event_id}", self.get_scheduled_event)
+        r.add_patch(events + "/{event_id}", self.edit_scheduled_event)
+        r.add_delete(events + "/{event_id}", self.delete_scheduled_event)
+        r.add_get(events + "/{event_id}/users", self.scheduled_event_users)
         # interactions and their webhooks
         r.add_post(p + "/interactions/{interaction_id}/{token}/callback", self.callback)
         w = p + "/webhooks/{app_id}/{token}"
@@ -400,6 +443,7 @@ class RestApi:
                     )
                 reply_to = None
         flags = body.get("flags") or 0
+        poll = self.world.make_poll(body["poll"]) if body.get("poll") is not None else None
         return self.world.post_message(
             channel_id,
             self.world.bot_user_id,
@@ -413,6 +457,7 @@ class RestApi:
             flags=flags | extra_flags,
             interaction_id=interaction.id if interaction else None,
             webhook_id=self.world.bot_user_id if interaction else None,
+            poll=poll,
         )
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -448,6 +493,89 @@ class RestApi:
         mi = request.match_info
         self.world.delete_message(self.world.message(mi["message_id"], mi["channel_id"]))
         return no_content()
+
+    # ---- direct messages and polls -------------------------------------------------------
+
+    async def open_dm(self, request: web.Request) -> web.Response:
+        """Create DM: the bot's DM channel with ``recipient_id`` (the same one each time)."""
+        recipient = _require_dict(request[BODY]).get("recipient_id")
+        if not isinstance(recipient, str | int) or not str(recipient).isdigit():
+            raise FormError("recipient_id", "NUMBER_TYPE_COERCE", "Value is not snowflake.")
+        channel = self.world.open_dm(str(recipient))
+        return json_response(self.world.channel_payload(channel))
+
+    async def expire_poll(self, request: web.Request) -> web.Response:
+        """End Poll: only its author may; a poll ends once."""
+        mi = request.match_info
+        msg = self.world.poll_message(mi["message_id"], mi["channel_id"])
+        if msg.author_id != self.world.bot_user_id:
+            raise Forbidden("Cannot expire another user's poll", 50005)
+        self.world.finalize_due_polls()
+        self.world.end_poll(msg)
+        return json_response(self.world.message_payload(msg))
+
+    async def poll_voters(self, request: web.Request) -> web.Response:
+        """Get Answer Voters: ``{users}`` in id order, ``limit`` (1-100) after ``after``."""
+        mi = request.match_info
+        msg = self.world.poll_message(mi["message_id"], mi["channel_id"])
+        assert msg.poll is not None
+        limit, after = _page(request)
+        answer_id = msg.poll.answer_id(int(mi["answer_id"]) if mi["answer_id"].isdigit() else -1)
+        ids = sorted((u for u in msg.poll.votes.get(answer_id, []) if int(u) > after), key=int)
+        users = [self.world.user_payload(self.world.user(u)) for u in ids[:limit]]
+        return json_response({"users": users})
+
+    # ---- guild scheduled events ----------------------------------------------------------
+
+    async def list_scheduled_events(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        count = request.query.get("with_user_count") in ("true", "True", "1")
+        return json_response(
+            [
+                self.world.scheduled_event_payload(e, with_count=count)
+                for e in self.world.scheduled_events.values()
+            ]
+        )
+
+    async def create_scheduled_event(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        body = _require_dict(request[BODY])
+        event = self.world.create_scheduled_event(body, self.world.bot_user_id)
+        return json_response(self.world.scheduled_event_payload(event, with_count=False))
+
+    async def get_scheduled_event(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        event = self.world.scheduled_event(request.match_info["event_id"])
+        count = request.query.get("with_user_count") in ("true", "True", "1")
+        return json_response(self.world.scheduled_event_payload(event, with_count=count))
+
+    async def edit_scheduled_event(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        event = self.world.scheduled_event(request.match_info["event_id"])
+        self.world.update_scheduled_event(event, _require_dict(request[BODY]))
+        return json_response(self.world.scheduled_event_payload(event, with_count=False))
+
+    async def delete_scheduled_event(self, request: web.Request) -> web.Response:
+        self._guild(request.match_info["guild_id"])
+        event = self.world.scheduled_event(request.match_info["event_id"])
+        self.world.delete_scheduled_event(event)
+        return no_content()
+
+    async def scheduled_event_users(self, request: web.Request) -> web.Response:
+        """Get Guild Scheduled Event Users: ``[{guild_scheduled_event_id, user}]``."""
+        self._guild(request.match_info["guild_id"])
+        event = self.world.scheduled_event(request.match_info["event_id"])
+        limit, after = _page(request)
+        ids = sorted((u for u in event.interested if int(u) > after), key=int)[:limit]
+        return json_response(
+            [
+                {
+                    "guild_scheduled_event_id": event.id,
+                    "user": self.world.user_payload(self.world.user(u)),
+                }
+                for u in ids
+            ]
+        )
 
     # ---- guild ---------------------------------------------------------------------------
 
@@ -556,6 +684,7 @@ class RestApi:
                 "embeds": list(msg.embeds) if msg is not None else data.get("embeds") or [],
                 "flags": flags,
                 "ephemeral": bool(flags & 64),
+                "attachments": list(msg.attachments) if msg is not None else [],
                 "message_id": msg.id if msg is not None else None,
                 "t": round(self.clock.now() - self.started_at, 6),
             }
@@ -680,6 +809,16 @@ class RestApi:
         return no_content()
 
 
+def _page(request: web.Request) -> tuple[int, int]:
+    """``limit`` (1-100, default 25) and ``after`` (a user id, default 0) of a user list."""
+    try:
+        limit = min(max(int(request.query.get("limit", "25")), 1), 100)
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise WorldError("Invalid Form Body") from None
+    return limit, after
+
+
 def _require_dict(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise WorldError("Invalid Form Body: expected a JSON object")
@@ -713,21 +852,16 @@ async def _read_body(request: web.Request) -> tuple[Any, list[dict[str, Any]]]:
                 body = json.loads(await part.text())  # type: ignore[union-attr]
             elif part.name and _FILE_FIELD.fullmatch(part.name):  # type: ignore[union-attr]
                 data = await part.read()  # type: ignore[union-attr]
-                files.append({"index": len(files), "filename": part.filename, "size": len(data)})  # type: ignore[union-attr]
+                files.append({"filename": part.filename, "data": data})  # type: ignore[union-attr]
         attachments = body.get("attachments") if isinstance(body, dict) else None
         out = []
         for i, f in enumerate(files):
             meta = attachments[i] if isinstance(attachments, list) and i < len(attachments) else {}
-            aid = str(1000 + i)
             out.append(
                 {
-                    "id": aid,
                     "filename": f["filename"] or f"file{i}",
                     "description": meta.get("description") if isinstance(meta, dict) else None,
-                    "size": f["size"],
-                    "url": f"https://cdn.sandbox.invalid/attachments/{aid}/{f['filename']}",
-                    "proxy_url": f"https://media.sandbox.invalid/attachments/{aid}/{f['filename']}",
-                    "content_type": "application/octet-stream",
+                    "_data": f["data"],  # kept by RestApi.keep_file, which gives the id and url
                 }
             )
         return body, out

@@ -14,7 +14,10 @@ that just stops leaves py-cord waiting up to 60 s for a frame.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -50,6 +53,11 @@ class DiscordEmulator:
         self.llm_url = llm_url
         self.world = World()
         self.world.now = self.clock.now
+        self.world.wall = self.clock.wall
+        #: Called with the seconds after each ``POST /_sandbox/clock``: the sandbox moves
+        #: every service's clock with the emulator's (``Supervisor.advance_clocks``).
+        self.on_clock_advance: Callable[[float], Awaitable[None]] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self.gateway = Gateway(self.world, self.clock, lambda: self.token)
         self.world.dispatch = self.gateway.dispatch
         self.rest = RestApi(
@@ -100,13 +108,35 @@ class DiscordEmulator:
         self._runner = runner
         self.port = runner.addresses[0][1]
         self.gateway.url = self.gateway_url
+        self.rest.cdn_base = self.base_url
+        self._ticker = asyncio.create_task(self._tick())
         log.info("discord emulator on %s", self.base_url)
+
+    async def _tick(self) -> None:
+        """What Discord does as time passes by itself: polls end at their expiry."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.world.finalize_due_polls()
+            except Exception:  # a bug here must not stop time
+                log.exception("finalizing polls failed")
+
+    async def advance(self, seconds: float) -> None:
+        """Move the emulator's clock, end what is due, and tell the bot's clocks."""
+        self.clock.advance(seconds)
+        self.world.finalize_due_polls()
+        if self.on_clock_advance is not None:
+            await self.on_clock_advance(seconds)
 
     async def stop(self) -> None:
         """Close websockets with 1001 first, then the server. Safe to call twice."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         await self.gateway.close_all(1001)
         await runner.cleanup()
 

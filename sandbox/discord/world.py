@@ -30,6 +30,13 @@ PERM_ALL = (1 << 51) - 1
 
 STATUSES = ("online", "idle", "dnd", "offline")
 TEXT, VOICE, CATEGORY = 0, 2, 4
+DM = 1  # a direct-message channel: not part of the guild (kept in World.dm_channels)
+
+#: Discord's limits for a native poll (Create Message, Poll Create Request Object).
+POLL_QUESTION_MAX, POLL_ANSWER_MAX, POLL_ANSWERS_MAX, POLL_HOURS_MAX = 300, 55, 10, 768
+#: Guild scheduled events: privacy GUILD_ONLY, entity type EXTERNAL, status SCHEDULED...
+EVENT_GUILD_ONLY, EVENT_EXTERNAL = 2, 3
+EVENT_STATUSES = {1: "scheduled", 2: "active", 3: "completed", 4: "canceled"}
 
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
@@ -93,6 +100,23 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def iso(seconds: float) -> str:
+    """Unix seconds as Discord writes a timestamp."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def parse_iso(value: Any, field_name: str) -> float:
+    """An ISO-8601 timestamp with an offset, as Discord requires one; FormError if not."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.timestamp()
+    raise FormError(field_name, "DATE_TIME_TYPE_PARSE", f"Could not parse {value!r}.")
+
+
 class Snowflakes:
     """Deterministic snowflake ids: a fixed timestamp in the high bits, a counter below."""
 
@@ -135,6 +159,46 @@ class Channel:
 
 
 @dataclass
+class Poll:
+    """A native poll: answers have 1-based ids in the order given."""
+
+    question: str
+    answers: list[str]
+    allow_multiselect: bool
+    expiry: float  # Unix seconds on the emulator's clock
+    votes: dict[int, list[str]] = field(default_factory=dict)  # answer id -> user ids
+    finalized: bool = False
+
+    def answer_id(self, answer: Any) -> int:
+        """An answer given by its 1-based id or its text; 400 if there is none such."""
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            if 1 <= answer <= len(self.answers):
+                return answer
+        elif isinstance(answer, str):
+            if answer.isdigit() and 1 <= int(answer) <= len(self.answers):
+                return int(answer)
+            for i, text in enumerate(self.answers, 1):
+                if text.casefold() == answer.strip().casefold():
+                    return i
+        raise WorldError(f"no answer {answer!r} in this poll", 10008)
+
+
+@dataclass
+class ScheduledEvent:
+    """A guild scheduled event (external: a place and an end time)."""
+
+    id: str
+    name: str
+    start: float
+    end: float | None
+    location: str
+    description: str | None
+    creator_id: str
+    status: int = 1
+    interested: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Message:
     id: str
     channel_id: str
@@ -151,6 +215,7 @@ class Message:
     flags: int = 0
     interaction_id: str | None = None
     webhook_id: str | None = None
+    poll: Poll | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -183,6 +248,8 @@ class World:
         self.dispatch: Callable[[str, dict[str, Any]], None] = lambda event, data: None
         #: The emulator's clock (what interaction tokens expire by); the emulator wires it.
         self.now: Callable[[], float] = time.monotonic
+        #: Its wall clock (message timestamps, poll expiry, event times): moves with it.
+        self.wall: Callable[[], float] = time.time
         self.guild_id = self.ids.next()
         self.guild_name = guild_name
         self.admin_role_id = self.ids.next()
@@ -211,6 +278,12 @@ class World:
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.interactions: dict[str, Interaction] = {}
         self.interactions_by_token: dict[str, str] = {}
+        #: The bot's DM channels (not the guild's): by channel id, and by the user's id.
+        self.dm_channels: dict[str, Channel] = {}
+        self.dm_by_user: dict[str, str] = {}
+        self.scheduled_events: dict[str, ScheduledEvent] = {}
+        #: Uploaded files by attachment id: (filename, content type, bytes).
+        self.files: dict[str, tuple[str, str, bytes]] = {}
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -233,7 +306,7 @@ class World:
 
     def channel(self, channel_id: str) -> Channel:
         try:
-            return self.channels[channel_id]
+            return self.channels.get(channel_id) or self.dm_channels[channel_id]
         except KeyError:
             raise NotFound("Unknown Channel", 10003) from None
 
@@ -299,9 +372,10 @@ class World:
         flags: int = 0,
         interaction_id: str | None = None,
         webhook_id: str | None = None,
+        poll: Poll | None = None,
     ) -> Message:
         channel = self.channel(channel_id)
-        if channel.type != TEXT:
+        if channel.type not in (TEXT, DM):
             raise WorldError("Cannot send messages in a non-text channel", 50008)
         self.user(author_id)
         if reply_to_id is not None:
@@ -311,7 +385,7 @@ class World:
             channel_id=channel_id,
             author_id=author_id,
             content=content,
-            timestamp=iso_now(),
+            timestamp=iso(self.wall()),
             embeds=list(embeds or []),
             attachments=list(attachments or []),
             components=list(components or []),
@@ -321,6 +395,7 @@ class World:
             flags=flags,
             interaction_id=interaction_id,
             webhook_id=webhook_id,
+            poll=poll,
         )
         self.messages[msg.id] = msg
         if not msg.ephemeral:
@@ -340,7 +415,7 @@ class World:
             msg.components = list(changes["components"] or [])
         if "flags" in changes and isinstance(changes["flags"], int):
             msg.flags = (msg.flags & 64) | (changes["flags"] & ~64)
-        msg.edited_at = iso_now()
+        msg.edited_at = iso(self.wall())
         if not msg.ephemeral:
             self.dispatch("MESSAGE_UPDATE", self.message_payload(msg))
         return msg
@@ -498,6 +573,293 @@ class World:
         self.dispatch("INTERACTION_CREATE", self.interaction_payload(inter))
         return inter
 
+    # ---- direct messages -----------------------------------------------------------------
+
+    def open_dm(self, user_id: str) -> Channel:
+        """The bot's DM channel with a user, created on first use (as Discord does)."""
+        self.user(user_id)
+        if user_id == self.bot_user_id:
+            raise WorldError("Cannot send messages to this user", 50007)
+        known = self.dm_by_user.get(user_id)
+        if known is not None:
+            return self.dm_channels[known]
+        # key: the recipient (a DM channel has no name of its own)
+        channel = Channel(id=self.ids.next(), name="", type=DM, position=0, key=user_id)
+        self.dm_channels[channel.id] = channel
+        self.dm_by_user[user_id] = channel.id
+        return channel
+
+    def dm_messages(self, user_id: str) -> list[Message]:
+        """Every message in the bot's DM channel with the user, oldest first."""
+        self.user(user_id)
+        known = self.dm_by_user.get(user_id)
+        return [] if known is None else self.channel_messages(known)
+
+    # ---- native polls --------------------------------------------------------------------
+
+    def make_poll(self, data: Any) -> Poll:
+        """A Poll Create Request Object, checked as Discord checks it."""
+        if not isinstance(data, dict):
+            raise FormError("poll", "MODEL_TYPE_CONVERT", "Only dictionaries may be used.")
+        question = (data.get("question") or {}) if isinstance(data.get("question"), dict) else {}
+        text = question.get("text")
+        if not isinstance(text, str) or not 1 <= len(text) <= POLL_QUESTION_MAX:
+            raise FormError(
+                "poll.question.text",
+                "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {POLL_QUESTION_MAX} in length.",
+            )
+        answers = data.get("answers")
+        if not isinstance(answers, list) or not 1 <= len(answers) <= POLL_ANSWERS_MAX:
+            raise FormError(
+                "poll.answers",
+                "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {POLL_ANSWERS_MAX} in length.",
+            )
+        texts = []
+        for i, answer in enumerate(answers):
+            media = answer.get("poll_media") if isinstance(answer, dict) else None
+            label = media.get("text") if isinstance(media, dict) else None
+            if not isinstance(label, str) or not 1 <= len(label) <= POLL_ANSWER_MAX:
+                raise FormError(
+                    f"poll.answers.{i}.poll_media.text",
+                    "BASE_TYPE_BAD_LENGTH",
+                    f"Must be between 1 and {POLL_ANSWER_MAX} in length.",
+                )
+            texts.append(label)
+        hours = data.get("duration", 24)
+        if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= 768:
+            raise FormError(
+                "poll.duration", "NUMBER_TYPE_MAX", f"Must be between 1 and {POLL_HOURS_MAX}."
+            )
+        multiple = data.get("allow_multiselect", False)
+        if not isinstance(multiple, bool):
+            raise FormError(
+                "poll.allow_multiselect", "BASE_TYPE_BOOLEAN", "Must be either true or false."
+            )
+        return Poll(text, texts, multiple, self.wall() + hours * 3600.0)
+
+    def poll_message(self, message_id: str, channel_id: str | None = None) -> Message:
+        msg = self.message(message_id, channel_id)
+        if msg.poll is None:
+            raise WorldError("This message has no poll", 10008)
+        return msg
+
+    def vote(self, message_id: str, user_id: str, answer: Any) -> int:
+        """A user votes; in a single-choice poll a vote for another answer moves it."""
+        msg = self.poll_message(message_id)
+        poll = msg.poll
+        assert poll is not None
+        self.member(user_id)
+        self.finalize_due_polls()
+        if poll.finalized:
+            raise WorldError("This poll has ended", 520001)
+        answer_id = poll.answer_id(answer)
+        if user_id in poll.votes.get(answer_id, []):
+            return answer_id
+        if not poll.allow_multiselect:
+            for other, voters in poll.votes.items():
+                if user_id in voters:
+                    self.unvote(message_id, user_id, other)
+        poll.votes.setdefault(answer_id, []).append(user_id)
+        self.dispatch("MESSAGE_POLL_VOTE_ADD", self._vote_payload(msg, user_id, answer_id))
+        return answer_id
+
+    def unvote(self, message_id: str, user_id: str, answer: Any) -> int:
+        msg = self.poll_message(message_id)
+        poll = msg.poll
+        assert poll is not None
+        if poll.finalized:
+            raise WorldError("This poll has ended", 520001)
+        answer_id = poll.answer_id(answer)
+        voters = poll.votes.get(answer_id, [])
+        if user_id not in voters:
+            raise NotFound("No such vote", 10008)
+        voters.remove(user_id)
+        self.dispatch("MESSAGE_POLL_VOTE_REMOVE", self._vote_payload(msg, user_id, answer_id))
+        return answer_id
+
+    def _vote_payload(self, msg: Message, user_id: str, answer_id: int) -> dict[str, Any]:
+        data = {
+            "user_id": user_id,
+            "channel_id": msg.channel_id,
+            "message_id": msg.id,
+            "answer_id": answer_id,
+        }
+        if msg.channel_id not in self.dm_channels:
+            data["guild_id"] = self.guild_id
+        return data
+
+    def end_poll(self, msg: Message) -> None:
+        """Finalize: counts are final, and MESSAGE_UPDATE says so (no edited_timestamp)."""
+        assert msg.poll is not None
+        if msg.poll.finalized:
+            raise WorldError("This poll has already ended", 520001)
+        msg.poll.finalized = True
+        msg.poll.expiry = min(msg.poll.expiry, self.wall())
+        if not msg.ephemeral:
+            self.dispatch("MESSAGE_UPDATE", self.message_payload(msg))
+
+    def finalize_due_polls(self) -> int:
+        """Polls whose time is up end (called as the clock moves); answers how many."""
+        now = self.wall()
+        due = [
+            m
+            for m in self.messages.values()
+            if m.poll is not None and not m.poll.finalized and m.poll.expiry <= now
+        ]
+        for msg in due:
+            self.end_poll(msg)
+        return len(due)
+
+    def poll_payload(self, poll: Poll) -> dict[str, Any]:
+        return {
+            "question": {"text": poll.question},
+            "answers": [
+                {"answer_id": i, "poll_media": {"text": text}}
+                for i, text in enumerate(poll.answers, 1)
+            ],
+            "expiry": iso(poll.expiry),
+            "allow_multiselect": poll.allow_multiselect,
+            "layout_type": 1,
+            "results": {
+                "is_finalized": poll.finalized,
+                "answer_counts": [
+                    {"id": i, "count": len(voters), "me_voted": self.bot_user_id in voters}
+                    for i, voters in sorted(poll.votes.items())
+                    if voters
+                ],
+            },
+        }
+
+    # ---- guild scheduled events ----------------------------------------------------------
+
+    def scheduled_event(self, event_id: str) -> ScheduledEvent:
+        try:
+            return self.scheduled_events[event_id]
+        except KeyError:
+            raise NotFound("Unknown Guild Scheduled Event", 10070) from None
+
+    def create_scheduled_event(self, body: dict[str, Any], creator_id: str) -> ScheduledEvent:
+        """Create Guild Scheduled Event, checked as Discord checks an external one."""
+        if body.get("privacy_level") != EVENT_GUILD_ONLY:
+            raise FormError("privacy_level", "BASE_TYPE_CHOICES", "Value must be one of {2}.")
+        if body.get("entity_type") != EVENT_EXTERNAL:
+            raise FormError(
+                "entity_type", "BASE_TYPE_CHOICES", "Only external events are emulated (3)."
+            )
+        event = ScheduledEvent(
+            id=self.ids.next(),
+            name="",
+            start=0.0,
+            end=None,
+            location="",
+            description=None,
+            creator_id=creator_id,
+        )
+        self._apply_event(event, body, creating=True)
+        self.scheduled_events[event.id] = event
+        self.dispatch("GUILD_SCHEDULED_EVENT_CREATE", self.scheduled_event_payload(event))
+        return event
+
+    def update_scheduled_event(self, event: ScheduledEvent, body: dict[str, Any]) -> None:
+        self._apply_event(event, body, creating=False)
+        self.dispatch("GUILD_SCHEDULED_EVENT_UPDATE", self.scheduled_event_payload(event))
+
+    def delete_scheduled_event(self, event: ScheduledEvent) -> None:
+        del self.scheduled_events[event.id]
+        event.status = 4
+        self.dispatch("GUILD_SCHEDULED_EVENT_DELETE", self.scheduled_event_payload(event))
+
+    def _apply_event(self, event: ScheduledEvent, body: dict[str, Any], creating: bool) -> None:
+        name = body.get("name", None if creating else event.name)
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise FormError("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        start = (
+            parse_iso(body["scheduled_start_time"], "scheduled_start_time")
+            if creating or "scheduled_start_time" in body
+            else event.start
+        )
+        if (creating or "scheduled_start_time" in body) and start <= self.wall():
+            raise FormError(
+                "scheduled_start_time",
+                "GUILD_SCHEDULED_EVENT_SCHEDULED_START_TIME_IN_PAST",
+                "Cannot schedule event in the past.",
+            )
+        raw_end = body.get("scheduled_end_time", None if creating else iso(event.end or 0))
+        if raw_end is None:
+            raise FormError(
+                "scheduled_end_time", "BASE_TYPE_REQUIRED", "External events need an end time."
+            )
+        end = parse_iso(raw_end, "scheduled_end_time")
+        if end <= start:
+            raise FormError(
+                "scheduled_end_time",
+                "GUILD_SCHEDULED_EVENT_END_BEFORE_START",
+                "The end time must be after the start time.",
+            )
+        metadata = body.get("entity_metadata", None if creating else {"location": event.location})
+        location = metadata.get("location") if isinstance(metadata, dict) else None
+        if not isinstance(location, str) or not 1 <= len(location) <= 100:
+            raise FormError(
+                "entity_metadata.location",
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            )
+        description = body.get("description", event.description)
+        if description is not None and (
+            not isinstance(description, str) or len(description) > 1000
+        ):
+            raise FormError(
+                "description", "BASE_TYPE_MAX_LENGTH", "Must be 1000 or fewer in length."
+            )
+        status = body.get("status", event.status)
+        if status not in EVENT_STATUSES:
+            raise FormError("status", "BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3, 4}.")
+        event.name, event.start, event.end = name, start, end
+        event.location, event.description, event.status = location, description, status
+
+    def set_interest(self, event_id: str, user_id: str, interested: bool) -> None:
+        """A member marks (or unmarks) themselves interested in an event."""
+        event = self.scheduled_event(event_id)
+        self.member(user_id)
+        if interested == (user_id in event.interested):
+            return
+        if interested:
+            event.interested.append(user_id)
+        else:
+            event.interested.remove(user_id)
+        self.dispatch(
+            "GUILD_SCHEDULED_EVENT_USER_ADD" if interested else "GUILD_SCHEDULED_EVENT_USER_REMOVE",
+            {"guild_scheduled_event_id": event.id, "user_id": user_id, "guild_id": self.guild_id},
+        )
+
+    def scheduled_event_payload(
+        self, event: ScheduledEvent, *, with_count: bool = True
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": event.id,
+            "guild_id": self.guild_id,
+            "channel_id": None,
+            "creator_id": event.creator_id,
+            "name": event.name,
+            "description": event.description,
+            "scheduled_start_time": iso(event.start),
+            "scheduled_end_time": iso(event.end) if event.end is not None else None,
+            "privacy_level": EVENT_GUILD_ONLY,
+            "status": event.status,
+            "entity_type": EVENT_EXTERNAL,
+            "entity_id": None,
+            "entity_metadata": {"location": event.location},
+            "image": None,
+            "recurrence_rule": None,
+        }
+        if event.creator_id in self.users:
+            data["creator"] = self.user_payload(self.users[event.creator_id])
+        if with_count:
+            data["user_count"] = len(event.interested)
+        return data
+
     # ---- payloads ------------------------------------------------------------------------
 
     def user_payload(self, user: User) -> dict[str, Any]:
@@ -540,6 +902,15 @@ class World:
         }
 
     def channel_payload(self, channel: Channel) -> dict[str, Any]:
+        if channel.type == DM:
+            recipient = self.users[channel.key]
+            return {
+                "id": channel.id,
+                "type": DM,
+                "last_message_id": channel.last_message_id,
+                "recipients": [self.user_payload(recipient)],
+                "flags": 0,
+            }
         data: dict[str, Any] = {
             "id": channel.id,
             "type": channel.type,
@@ -614,7 +985,9 @@ class World:
             threads=[],
             voice_states=[],
             stage_instances=[],
-            guild_scheduled_events=[],
+            guild_scheduled_events=[
+                self.scheduled_event_payload(e) for e in self.scheduled_events.values()
+            ],
             soundboard_sounds=[],
         )
         return data
@@ -630,10 +1003,10 @@ class World:
                     mention["member"] = self.member_payload(uid, with_user=False)
                 mentions.append(mention)
         kind = 20 if msg.interaction_id else 19 if msg.reply_to_id else 0
+        in_guild = msg.channel_id not in self.dm_channels
         data: dict[str, Any] = {
             "id": msg.id,
             "channel_id": msg.channel_id,
-            "guild_id": self.guild_id,
             "author": self.user_payload(author),
             "content": msg.content,
             "timestamp": msg.timestamp,
@@ -651,7 +1024,11 @@ class World:
             "type": kind,
             "flags": msg.flags,
         }
-        if msg.webhook_id is None and msg.author_id in self.members:
+        if in_guild:
+            data["guild_id"] = self.guild_id
+        if msg.poll is not None:
+            data["poll"] = self.poll_payload(msg.poll)
+        if in_guild and msg.webhook_id is None and msg.author_id in self.members:
             data["member"] = self.member_payload(msg.author_id, with_user=False)
         if msg.webhook_id is not None:
             data["webhook_id"] = msg.webhook_id
@@ -661,8 +1038,9 @@ class World:
                 "type": 0,
                 "message_id": msg.reply_to_id,
                 "channel_id": msg.channel_id,
-                "guild_id": self.guild_id,
             }
+            if in_guild:
+                data["message_reference"]["guild_id"] = self.guild_id
             ref = self.messages.get(msg.reply_to_id)
             if nested:
                 data["referenced_message"] = (
