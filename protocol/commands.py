@@ -47,6 +47,16 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Subcommand:
+    """`/event create name: start:`: Discord's SUB_COMMAND option; the handler reads its
+    name from `CommandInvoked.subcommand` and its options as the command's own."""
+
+    name: str
+    description: str
+    options: tuple[Option, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
 class Command:
     name: str
     description: str
@@ -55,6 +65,23 @@ class Command:
     tier: Tier = Tier.PUBLIC
     # Defer at once ("thinking...") because the answer takes longer than Discord's 3 s.
     slow: bool = False
+    # A command with subcommands has no options of its own (Discord's rule).
+    subcommands: tuple[Subcommand, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.subcommands and self.options:
+            raise ValueError(f"/{self.name}: options belong to its subcommands")
+
+    def usages(self) -> list[str]:
+        """How it is typed: `/remind when: text: [private:]`, one line per subcommand."""
+        if not self.subcommands:
+            return [_usage(self.name, self.options)]
+        return [_usage(f"{self.name} {sub.name}", sub.options) for sub in self.subcommands]
+
+
+def _usage(name: str, options: tuple[Option, ...]) -> str:
+    shown = " ".join(f"{o.name}:" if o.required else f"[{o.name}:]" for o in options)
+    return f"/{name}{' ' + shown if shown else ''}"
 
 
 CATALOGUE: dict[str, Command] = {}
@@ -107,5 +134,82 @@ declare(
         "heartbeat",
         (Option("service", "string", "Service name"),),
         tier=Tier.ADMIN,
+    ),
+    # --- the scheduler: reminders, polls, scheduled events --------------------------
+    Command(
+        "remind",
+        "Remind you of something later, here or by DM",
+        "scheduler",
+        (
+            Option(
+                "when", "string", "in 10 minutes, tomorrow 9:00, friday 18:30, every monday 9:00"
+            ),
+            Option("text", "string", "What to remind you of"),
+            Option("private", "boolean", "By DM instead of in this channel", required=False),
+        ),
+    ),
+    Command(
+        "reminders",
+        "Your reminders; cancel one by its number",
+        "scheduler",
+        (Option("cancel", "integer", "The number of the reminder to cancel", required=False),),
+    ),
+    Command(
+        "timezone",
+        "Your time zone, for reminders and events",
+        "scheduler",
+        subcommands=(
+            Subcommand(
+                "set", "Set your time zone", (Option("zone", "string", "e.g. Europe/Paris"),)
+            ),
+            Subcommand("show", "Show your time zone"),
+        ),
+    ),
+    Command(
+        "poll",
+        "Start a poll (Discord's own)",
+        "scheduler",
+        (
+            Option("question", "string", "The question"),
+            Option("answers", "string", "2 to 10 answers separated by ;"),
+            Option("hours", "integer", "How long it stays open (default 24)", required=False),
+            Option("multiple", "boolean", "Allow several answers per person", required=False),
+        ),
+        tier=Tier.MEMBER,
+    ),
+    Command(
+        "endpoll",
+        "End a poll early: yours, or any as an admin",
+        "scheduler",
+        (Option("poll", "string", "Its message id (default: the last one here)", required=False),),
+        tier=Tier.MEMBER,
+    ),
+    Command(
+        "event",
+        "Scheduled events of this server",
+        "scheduler",
+        tier=Tier.MEMBER,
+        subcommands=(
+            Subcommand(
+                "create",
+                "Create a scheduled event",
+                (
+                    Option("name", "string", "The event's name"),
+                    Option("start", "string", "tomorrow 18:00, friday 20:30, 2026-12-24 18:00"),
+                    Option(
+                        "duration", "string", "e.g. 90 minutes, 2h (default 1h)", required=False
+                    ),
+                    Option("location", "string", "Where it happens", required=False),
+                    Option("description", "string", "What it is about", required=False),
+                ),
+            ),
+        ),
+    ),
+    Command(
+        "events",
+        "Upcoming events; ics: as a calendar file",
+        "scheduler",
+        (Option("ics", "boolean", "As an iCalendar (.ics) file", required=False),),
+        tier=Tier.MEMBER,
     ),
 )

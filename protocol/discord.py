@@ -141,6 +141,64 @@ class GuildReady(Message):
     bot_user_id: str
 
 
+@message("discord.poll.vote_added", durable=True)
+@dataclass(frozen=True, slots=True)
+class PollVoteAdded(Message):
+    """MESSAGE_POLL_VOTE_ADD: `answer_id` is Discord's, 1-based in the order sent."""
+
+    message_id: str
+    channel_id: str
+    guild_id: str | None
+    user_id: str
+    answer_id: int
+    at: float
+
+
+@message("discord.poll.vote_removed", durable=True)
+@dataclass(frozen=True, slots=True)
+class PollVoteRemoved(Message):
+    message_id: str
+    channel_id: str
+    guild_id: str | None
+    user_id: str
+    answer_id: int
+    at: float
+
+
+@message("discord.poll.ended", durable=True)
+@dataclass(frozen=True, slots=True)
+class PollEnded(Message):
+    """A poll was finalized (it expired, or its author ended it through the expire
+    endpoint): Discord's MESSAGE_UPDATE with `results.is_finalized`."""
+
+    message_id: str
+    channel_id: str
+    guild_id: str | None
+    at: float
+
+
+@message("discord.scheduled_event", durable=True)
+@dataclass(frozen=True, slots=True)
+class ScheduledEventChanged(Message):
+    """GUILD_SCHEDULED_EVENT_CREATE / _UPDATE / _DELETE. `event` is a ScheduledEvent dict
+    (see ScheduledEventList)."""
+
+    change: str  # "created" | "updated" | "deleted"
+    event: dict[str, Any]
+
+
+@message("discord.scheduled_event.interest", durable=True)
+@dataclass(frozen=True, slots=True)
+class ScheduledEventInterest(Message):
+    """GUILD_SCHEDULED_EVENT_USER_ADD (interested) / _REMOVE (no longer)."""
+
+    guild_id: str
+    event_id: str
+    user_id: str
+    interested: bool
+    at: float
+
+
 @message("discord.connection")
 @dataclass(frozen=True, slots=True)
 class ConnectionState(Message):
@@ -163,6 +221,48 @@ class Sent(Message):
 @dataclass(frozen=True, slots=True)
 class ChannelCreated(Message):
     channel_id: str
+
+
+@message("discord.dm.channel")
+@dataclass(frozen=True, slots=True)
+class DirectChannel(Message):
+    channel_id: str
+
+
+@message("discord.poll.sent")
+@dataclass(frozen=True, slots=True)
+class PollSent(Message):
+    message_id: str
+    expiry: float  # when Discord ends it (Unix seconds)
+    answer_ids: list[int] = field(default_factory=list)  # in the order the answers were given
+
+
+@message("discord.poll.votes")
+@dataclass(frozen=True, slots=True)
+class PollVotes(Message):
+    voters: dict[str, list[str]]  # answer id (as a string) -> user ids
+
+
+@message("discord.scheduled_event.info")
+@dataclass(frozen=True, slots=True)
+class ScheduledEventInfo(Message):
+    event: dict[str, Any]  # as in ScheduledEventList
+
+
+@message("discord.scheduled_event.list")
+@dataclass(frozen=True, slots=True)
+class ScheduledEventList(Message):
+    """Each event: `{id, guild_id, name, description, start, end, location, status,
+    user_count, creator_id, channel_id}`; times in Unix seconds (`end` None if open),
+    `status` one of scheduled, active, completed, canceled."""
+
+    events: list[dict[str, Any]]
+
+
+@message("discord.users")
+@dataclass(frozen=True, slots=True)
+class UserIds(Message):
+    user_ids: list[str]
 
 
 @message("discord.send")
@@ -209,6 +309,76 @@ class CreateChannel(Request[ChannelCreated]):
     kind: str = "text"  # "text" | "voice"
 
 
+@message("discord.dm.open")
+@dataclass(frozen=True, slots=True)
+class OpenDirectMessage(Request[DirectChannel]):
+    """The bot's DM channel with a user (Discord creates it once, then returns it)."""
+
+    user_id: str
+
+
+@message("discord.poll.send")
+@dataclass(frozen=True, slots=True)
+class SendPoll(Request[PollSent]):
+    """Post a native poll (Discord's `poll` object). `hours` 1-768, 1-10 answers of at
+    most 55 characters, a question of at most 300."""
+
+    channel_id: str
+    question: str
+    answers: list[str]
+    hours: int = 24
+    multiple: bool = False
+    content: str = ""
+    allowed_mentions: dict[str, Any] | None = None
+
+
+@message("discord.poll.expire")
+@dataclass(frozen=True, slots=True)
+class ExpirePoll(Request[Done]):
+    """End the bot's poll now; Discord finalizes it (PollEnded follows)."""
+
+    channel_id: str
+    message_id: str
+
+
+@message("discord.poll.voters")
+@dataclass(frozen=True, slots=True)
+class PollVotersRequest(Request[PollVotes]):
+    """Who voted for each answer, as Discord counts them."""
+
+    channel_id: str
+    message_id: str
+    answer_ids: list[int]
+
+
+@message("discord.scheduled_event.create")
+@dataclass(frozen=True, slots=True)
+class CreateScheduledEvent(Request[ScheduledEventInfo]):
+    """A guild scheduled event of the external kind (a place, not a voice channel)."""
+
+    guild_id: str
+    name: str
+    start: float
+    end: float
+    location: str
+    description: str = ""
+
+
+@message("discord.scheduled_event.get_all")
+@dataclass(frozen=True, slots=True)
+class ListScheduledEvents(Request[ScheduledEventList]):
+    guild_id: str
+
+
+@message("discord.scheduled_event.users")
+@dataclass(frozen=True, slots=True)
+class ScheduledEventUsers(Request[UserIds]):
+    """The users who marked themselves interested in an event."""
+
+    guild_id: str
+    event_id: str
+
+
 @message("discord.typing")
 @dataclass(frozen=True, slots=True)
 class Typing(Request[Done]):
@@ -250,6 +420,8 @@ class CommandAnswer(Message):
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False
+    # Attached files: `{filename, data_b64, content_type?}` (the .ics of /events ics).
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @message("discord.command")
@@ -271,6 +443,7 @@ class CommandInvoked(Request[CommandAnswer]):
     guild_id: str | None
     tier: str = "public"  # a Tier
     deferred: bool = False
+    subcommand: str | None = None  # "create" for `/event create`
 
     @property
     def by_admin(self) -> bool:

@@ -6,7 +6,12 @@ reason the caller can act on (rate_limited, not_found, forbidden, timeout, ...).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import json
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import aiohttp
@@ -21,22 +26,36 @@ from protocol.discord import (
     ChannelCreated,
     CountsRequest,
     CreateChannel,
+    CreateScheduledEvent,
     DeleteMessage,
+    DirectChannel,
     EditInteraction,
     EditMessage,
+    ExpirePoll,
     GuildCounts,
     GuildInfoRequest,
     GuildReady,
     InteractionFollowup,
+    ListScheduledEvents,
+    OpenDirectMessage,
+    PollSent,
+    PollVotersRequest,
+    PollVotes,
     RenameChannel,
+    ScheduledEventInfo,
+    ScheduledEventList,
+    ScheduledEventUsers,
     SendMessage,
+    SendPoll,
     Sent,
     SetPresence,
     Typing,
+    UserIds,
 )
 from protocol.messages import Done, Request
 from protocol.runtime import Refused, Service
-from services.gateway.interactions import EPHEMERAL, Invocation
+from services.gateway.convert import scheduled_event, timestamp
+from services.gateway.interactions import EPHEMERAL, RESPOND_WITH_MESSAGE, Invocation
 from services.gateway.state import Gateway
 
 #: Discord error codes that say more than their HTTP status.
@@ -48,6 +67,26 @@ REASON_BY_STATUS = {
     404: "not_found",
     429: "rate_limited",
 }
+
+
+PAGE = 100  # users per page of Get Answer Voters / Get Guild Scheduled Event Users
+EXTERNAL_EVENT, GUILD_ONLY_EVENT = 3, 2
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _files(files: list[dict[str, Any]]) -> list[discord.File]:
+    """`{filename, data_b64}` from a CommandAnswer as py-cord's Files."""
+    out = []
+    for f in files:
+        try:
+            data = base64.b64decode(str(f.get("data_b64", "")), validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused("bad_request", f"file {f.get('filename')!r} is not base64") from None
+        out.append(discord.File(io.BytesIO(data), filename=str(f.get("filename") or "file")))
+    return out
 
 
 def _fits(content: str | None) -> None:
@@ -75,6 +114,13 @@ class Actions:
         GuildInfoRequest: "guild_info",
         EditInteraction: "edit_interaction",
         InteractionFollowup: "interaction_followup",
+        OpenDirectMessage: "open_dm",
+        SendPoll: "send_poll",
+        ExpirePoll: "expire_poll",
+        PollVotersRequest: "poll_voters",
+        CreateScheduledEvent: "create_scheduled_event",
+        ListScheduledEvents: "list_scheduled_events",
+        ScheduledEventUsers: "scheduled_event_users",
     }
 
     def __init__(self, gw: Gateway) -> None:
@@ -250,3 +296,124 @@ class Actions:
             )
         )
         return Sent(str(sent["id"]))
+
+    async def respond_with_files(
+        self, inv: Invocation, data: dict[str, Any], files: list[dict[str, Any]]
+    ) -> None:
+        """Create Interaction Response (type 4) with attachments: py-cord's HTTP client
+        sends the callback as JSON only, so it goes as the multipart form Discord takes
+        (`payload_json` plus `files[n]`), through the same rate-limited client."""
+        uploads = _files(files)
+        route = discord.http.Route(
+            "POST",
+            "/interactions/{interaction_id}/{interaction_token}/callback",
+            interaction_id=inv.id,
+            interaction_token=inv.token,
+        )
+        attachments = [{"id": i, "filename": f.filename} for i, f in enumerate(uploads)]
+        payload = {"type": RESPOND_WITH_MESSAGE, "data": {**data, "attachments": attachments}}
+        form: list[dict[str, Any]] = [{"name": "payload_json", "value": json.dumps(payload)}]
+        for i, f in enumerate(uploads):
+            form.append(
+                {
+                    "name": f"files[{i}]",
+                    "value": f.fp,
+                    "filename": f.filename,
+                    "content_type": "application/octet-stream",
+                }
+            )
+        try:
+            await self._discord(self.gw.http().request(route, form=form, files=uploads))
+        finally:
+            for f in uploads:
+                f.close()
+
+    # --- direct messages --------------------------------------------------------------
+
+    async def open_dm(self, msg: OpenDirectMessage) -> DirectChannel:
+        channel = await self._discord(self.gw.http().start_private_message(msg.user_id))
+        return DirectChannel(str(channel["id"]))
+
+    # --- native polls -----------------------------------------------------------------
+
+    async def send_poll(self, msg: SendPoll) -> PollSent:
+        _fits(msg.content)
+        poll = discord.Poll(
+            question=msg.question,
+            answers=[discord.PollAnswer(text) for text in msg.answers],
+            duration=msg.hours,
+            allow_multiselect=msg.multiple,
+        )
+        sent = await self._discord(
+            self.gw.http().send_message(
+                msg.channel_id,
+                msg.content or None,
+                allowed_mentions=self._mentions(msg.allowed_mentions),
+                poll=poll.to_dict(),
+            )
+        )
+        made = sent.get("poll") or {}
+        expiry = timestamp(made.get("expiry"), self.gw.clock.wall() + msg.hours * 3600.0)
+        answer_ids = [int(a["answer_id"]) for a in made.get("answers") or [] if "answer_id" in a]
+        return PollSent(str(sent["id"]), expiry, answer_ids)
+
+    async def expire_poll(self, msg: ExpirePoll) -> Done:
+        await self._discord(self.gw.http().expire_poll(msg.channel_id, msg.message_id))
+        return Done()
+
+    async def poll_voters(self, msg: PollVotersRequest) -> PollVotes:
+        voters: dict[str, list[str]] = {}
+        for answer_id in msg.answer_ids:
+            found: list[str] = []
+            while True:
+                page = await self._discord(
+                    self.gw.http().get_answer_voters(
+                        msg.channel_id,
+                        msg.message_id,
+                        answer_id,
+                        PAGE,
+                        after=found[-1] if found else None,
+                    )
+                )
+                users = [str(u["id"]) for u in page.get("users") or []]
+                found += users
+                if len(users) < PAGE:
+                    break
+            voters[str(answer_id)] = found
+        return PollVotes(voters)
+
+    # --- guild scheduled events -------------------------------------------------------
+
+    async def create_scheduled_event(self, msg: CreateScheduledEvent) -> ScheduledEventInfo:
+        created = await self._discord(
+            self.gw.http().create_scheduled_event(
+                msg.guild_id,
+                name=msg.name,
+                privacy_level=GUILD_ONLY_EVENT,
+                scheduled_start_time=_iso(msg.start),
+                scheduled_end_time=_iso(msg.end),
+                description=msg.description or None,
+                entity_type=EXTERNAL_EVENT,
+                entity_metadata={"location": msg.location},
+            )
+        )
+        return ScheduledEventInfo(scheduled_event(created))
+
+    async def list_scheduled_events(self, msg: ListScheduledEvents) -> ScheduledEventList:
+        found = await self._discord(
+            self.gw.http().get_scheduled_events(msg.guild_id, with_user_count=True)
+        )
+        return ScheduledEventList([scheduled_event(e) for e in found])
+
+    async def scheduled_event_users(self, msg: ScheduledEventUsers) -> UserIds:
+        users: list[str] = []
+        while True:
+            page = await self._discord(
+                self.gw.http().get_scheduled_event_users(
+                    msg.guild_id, msg.event_id, PAGE, after=users[-1] if users else None
+                )
+            )
+            ids = [str(entry["user"]["id"]) for entry in page if entry.get("user")]
+            users += ids
+            if len(ids) < PAGE:
+                return UserIds(users)

@@ -18,11 +18,22 @@ from protocol.discord import (
     MessageCreated,
     MessageDeleted,
     MessageEdited,
+    PollEnded,
+    PollVoteAdded,
+    PollVoteRemoved,
+    ScheduledEventChanged,
+    ScheduledEventInterest,
 )
 from protocol.messages import Message
 
 # Discord's channel types, named for the protocol.
 CHANNEL_KINDS = {0: "text", 1: "dm", 2: "voice", 4: "category", 5: "news", 13: "stage", 15: "forum"}
+EVENT_STATUSES = {1: "scheduled", 2: "active", 3: "completed", 4: "canceled"}
+EVENT_CHANGES = {
+    "GUILD_SCHEDULED_EVENT_CREATE": "created",
+    "GUILD_SCHEDULED_EVENT_UPDATE": "updated",
+    "GUILD_SCHEDULED_EVENT_DELETE": "deleted",
+}
 
 
 def timestamp(iso: str | None, default: float) -> float:
@@ -41,6 +52,36 @@ def _user(data: dict[str, Any]) -> dict[str, Any]:
 
 def _name(user: dict[str, Any]) -> str:
     return str(user.get("global_name") or user.get("username") or user.get("id") or "?")
+
+
+def scheduled_event(d: dict[str, Any]) -> dict[str, Any]:
+    """A Guild Scheduled Event object as the protocol's plain dict (ScheduledEventList)."""
+    start = timestamp(d.get("scheduled_start_time"), 0.0)
+    end = timestamp(d.get("scheduled_end_time"), 0.0) or None
+    metadata = d.get("entity_metadata") or {}
+    return {
+        "id": str(d["id"]),
+        "guild_id": str(d["guild_id"]) if d.get("guild_id") else None,
+        "name": str(d.get("name") or ""),
+        "description": str(d.get("description") or ""),
+        "start": start,
+        "end": end,
+        "location": str(metadata.get("location") or "") if isinstance(metadata, dict) else "",
+        "status": EVENT_STATUSES.get(d.get("status"), "scheduled"),  # type: ignore[arg-type]
+        "user_count": d.get("user_count") if isinstance(d.get("user_count"), int) else None,
+        "creator_id": str(d["creator_id"]) if d.get("creator_id") else None,
+        "channel_id": str(d["channel_id"]) if d.get("channel_id") else None,
+    }
+
+
+def _poll_finalized(d: dict[str, Any]) -> bool:
+    poll = d.get("poll")
+    results = poll.get("results") if isinstance(poll, dict) else None
+    return isinstance(results, dict) and results.get("is_finalized") is True
+
+
+def _guild(d: dict[str, Any]) -> str | None:
+    return str(d["guild_id"]) if d.get("guild_id") else None
 
 
 def convert(
@@ -83,6 +124,45 @@ def convert(
                     for a in d.get("attachments") or []
                     if isinstance(a, dict)
                 ],
+            )
+        ]
+    if event == "MESSAGE_UPDATE" and _poll_finalized(d):
+        # A poll ended: Discord updates the message with the final counts; its text
+        # changed only if it says it was edited.
+        ended: list[Message] = [PollEnded(str(d["id"]), str(d["channel_id"]), _guild(d), now)]
+        if d.get("edited_timestamp") and "content" in d:
+            ended.append(
+                MessageEdited(
+                    str(d["id"]),
+                    str(d["channel_id"]),
+                    _guild(d),
+                    str(d.get("content") or ""),
+                    timestamp(d.get("edited_timestamp"), now),
+                )
+            )
+        return ended
+    if event in ("MESSAGE_POLL_VOTE_ADD", "MESSAGE_POLL_VOTE_REMOVE"):
+        vote_cls = PollVoteAdded if event == "MESSAGE_POLL_VOTE_ADD" else PollVoteRemoved
+        return [
+            vote_cls(
+                str(d["message_id"]),
+                str(d["channel_id"]),
+                _guild(d),
+                str(d["user_id"]),
+                int(d["answer_id"]),
+                now,
+            )
+        ]
+    if event in EVENT_CHANGES:
+        return [ScheduledEventChanged(EVENT_CHANGES[event], scheduled_event(d))]
+    if event in ("GUILD_SCHEDULED_EVENT_USER_ADD", "GUILD_SCHEDULED_EVENT_USER_REMOVE"):
+        return [
+            ScheduledEventInterest(
+                str(d["guild_id"]),
+                str(d["guild_scheduled_event_id"]),
+                str(d["user_id"]),
+                event == "GUILD_SCHEDULED_EVENT_USER_ADD",
+                now,
             )
         ]
     if event == "MESSAGE_UPDATE":

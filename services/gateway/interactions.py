@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.commands import CATALOGUE, Command, Tier, runnable_by
+from protocol.commands import CATALOGUE, Command, Option, Tier, runnable_by
 from protocol.discord import MESSAGE_LIMIT, NO_PINGS
 
 ADMINISTRATOR = 1 << 3
@@ -32,6 +32,7 @@ TOO_SLOW = "That took too long to answer, try again shortly."
 UNKNOWN = "This command is not available right now."
 
 OPTION_TYPES = {"string": 3, "integer": 4, "boolean": 5, "number": 10}
+SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
 
 
 def command_payload(names: list[str]) -> list[dict[str, Any]]:
@@ -47,19 +48,32 @@ def _payload(cmd: Command) -> dict[str, Any]:
         "contexts": ANYWHERE if cmd.tier is Tier.PUBLIC else GUILD_ONLY,
         "options": [
             {
-                "name": o.name,
-                "description": o.description,
-                "type": OPTION_TYPES[o.type],
-                "required": o.required,
+                "name": sub.name,
+                "description": sub.description,
+                "type": SUB_COMMAND,
+                "options": _options(sub.options),
             }
-            for o in cmd.options
-        ],
+            for sub in cmd.subcommands
+        ]
+        or _options(cmd.options),
     }
     if cmd.tier in (Tier.ADMIN, Tier.OWNER):
         # Discord hides it from members without Manage Server (admins may override per
         # role in Server Settings); the gateway checks the tier itself either way.
         payload["default_member_permissions"] = str(MANAGE_GUILD)
     return payload
+
+
+def _options(options: tuple[Option, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": o.name,
+            "description": o.description,
+            "type": OPTION_TYPES[o.type],
+            "required": o.required,
+        }
+        for o in options
+    ]
 
 
 @dataclass
@@ -76,6 +90,7 @@ class Invocation:
     is_admin: bool  # Manage Server or Administrator in this guild
     roles: tuple[str, ...]
     created: float
+    subcommand: str | None = None  # "create" in `/event create`; "group sub" in a group
 
     def tier(self, owner_ids: Collection[str], admin_roles: Collection[str]) -> Tier:
         """The caller's highest permission tier."""
@@ -93,6 +108,15 @@ class Invocation:
         member = d.get("member") or {}
         user = member.get("user") or d.get("user") or {}
         perms = int(member.get("permissions") or 0)
+        options, path = d["data"].get("options") or [], []
+        # A subcommand (or a group holding one) carries the options the user gave.
+        while (
+            len(options) == 1
+            and isinstance(options[0], dict)
+            and options[0].get("type") in (SUB_COMMAND, SUB_COMMAND_GROUP)
+        ):
+            path.append(str(options[0].get("name", "")))
+            options = options[0].get("options") or []
         return cls(
             id=str(d["id"]),
             token=str(d["token"]),
@@ -100,7 +124,7 @@ class Invocation:
             command=str(d["data"].get("name", "")),
             options={
                 str(o["name"]): o.get("value")
-                for o in d["data"].get("options") or []
+                for o in options
                 if isinstance(o, dict) and "name" in o
             },
             user_id=str(user.get("id", "0")),
@@ -110,6 +134,7 @@ class Invocation:
             is_admin=bool(perms & (ADMINISTRATOR | MANAGE_GUILD)),
             roles=tuple(str(r) for r in member.get("roles") or []),
             created=time.monotonic(),
+            subcommand=" ".join(path) or None,
         )
 
 
@@ -128,6 +153,6 @@ def help_text(tier: Tier, enabled: Collection[str]) -> str:
     """/help: exactly the commands this caller may run, from their declarations."""
     lines = [f"Commands you can run here ({tier.value}):"]
     for cmd in runnable_by(tier, enabled):
-        options = " ".join(f"{o.name}:" if o.required else f"[{o.name}:]" for o in cmd.options)
-        lines.append(f"- `/{cmd.name}{' ' + options if options else ''}` {cmd.description}")
+        usages = " · ".join(f"`{usage}`" for usage in cmd.usages())
+        lines.append(f"- {usages} {cmd.description}")
     return "\n".join(lines)

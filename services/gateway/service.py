@@ -36,7 +36,7 @@ from protocol.discord import (
     ConnectionState,
 )
 from protocol.messages import Message
-from protocol.runtime import Service
+from protocol.runtime import Refused, Service
 from services.gateway.actions import Actions
 from services.gateway.connection import GatewayClient
 from services.gateway.convert import convert
@@ -378,6 +378,7 @@ class GatewayService:
             inv.guild_id,
             tier.value,
             declared.slow,
+            inv.subcommand,
         )
         if owner == self.service.name:  # answered here (/help): no hop
             answer = await self.service.commands[inv.command](request)
@@ -398,6 +399,9 @@ class GatewayService:
             text = failure or (answer.content if answer else "")
             embeds = answer.embeds if answer else None
             await self.actions.edit_original(inv, text or "(no answer)", embeds)
+        elif answer is not None and answer.files:
+            reply = message_data(answer.content, answer.embeds, answer.ephemeral)
+            await self._respond_with_files(inv, reply, answer.files)
         elif answer is not None:
             reply = message_data(answer.content, answer.embeds, answer.ephemeral)
             await self._respond(inv, RESPOND_WITH_MESSAGE, reply)
@@ -429,6 +433,17 @@ class GatewayService:
         for key in [k for k, v in self.gw.interactions.items() if v.created < cutoff]:
             del self.gw.interactions[key]
         self.gw.interactions[inv.id] = inv
+
+    async def _respond_with_files(
+        self, inv: Invocation, data: dict[str, Any], files: list[dict[str, Any]]
+    ) -> None:
+        try:
+            await self.actions.respond_with_files(inv, data, files)
+        except Refused as exc:
+            logger.warning("could not answer /{} ({}) with its files: {}", inv.command, inv.id, exc)
+        finally:
+            if self.gw.unanswered.pop(inv.id, None) is not None:
+                self.gw.seq_committed.set()
 
     async def _respond(self, inv: Invocation, kind: int, data: dict[str, Any] | None) -> None:
         try:

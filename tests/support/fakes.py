@@ -26,18 +26,31 @@ from protocol.discord import (
     CommandInvoked,
     CountsRequest,
     CreateChannel,
+    CreateScheduledEvent,
     DeleteMessage,
+    DirectChannel,
     EditInteraction,
     EditMessage,
+    ExpirePoll,
     GuildCounts,
     GuildInfoRequest,
     GuildReady,
     InteractionFollowup,
+    ListScheduledEvents,
+    OpenDirectMessage,
+    PollSent,
+    PollVotersRequest,
+    PollVotes,
     RenameChannel,
+    ScheduledEventInfo,
+    ScheduledEventList,
+    ScheduledEventUsers,
     SendMessage,
+    SendPoll,
     Sent,
     SetPresence,
     Typing,
+    UserIds,
 )
 from protocol.messages import (
     Done,
@@ -77,7 +90,23 @@ CHANNELS = [
     {"id": "204", "name": "Members", "type": "voice"},
     {"id": "205", "name": "Online", "type": "voice"},
 ]
-NAMES = ("gateway", "persistence", "supervisor", "stats", "heartbeat", "presence", "tester")
+NAMES = (
+    "gateway",
+    "persistence",
+    "supervisor",
+    "stats",
+    "heartbeat",
+    "presence",
+    "scheduler",
+    "tester",
+)
+SCHEDULER_EVENTS = (
+    "discord.poll.vote_added",
+    "discord.poll.vote_removed",
+    "discord.poll.ended",
+    "discord.scheduled_event",
+    "discord.scheduled_event.interest",
+)
 
 
 def topology(tmp: Path) -> Topology:
@@ -85,9 +114,10 @@ def topology(tmp: Path) -> Topology:
         {name: f"ipc://{tmp}/{name}.sock" for name in NAMES},
         {
             "discord.guild.counts": ["stats", "presence"],
-            "discord.guild.ready": ["stats", "heartbeat", "presence"],
+            "discord.guild.ready": ["stats", "heartbeat", "presence", "scheduler"],
             "discord.connection": ["heartbeat"],
             "supervisor.status": ["heartbeat", "presence"],
+            **{event: ["scheduler"] for event in SCHEDULER_EVENTS},
         },
     )
 
@@ -106,6 +136,14 @@ class FakeGateway:
         self.presences: list[SetPresence] = []
         self.messages: dict[str, SendMessage] = {}
         self.fail_sends: str | None = None
+        # The message is sent, but the answer is lost (Discord or the gateway died first).
+        self.lose_replies = False
+        self.dms: dict[str, str] = {}  # user id -> DM channel id
+        self.polls: dict[str, SendPoll] = {}  # message id -> the poll
+        self.voters: dict[str, dict[str, list[str]]] = {}  # message id -> answer id -> users
+        self.expired: list[str] = []
+        self.events: dict[str, dict[str, Any]] = {}  # id -> ScheduledEventList's dict
+        self.interested: dict[str, list[str]] = {}
         s = self.service
         s.request(GuildInfoRequest)(self.guild_info)
         s.request(CountsRequest)(self.counts_request)
@@ -115,6 +153,13 @@ class FakeGateway:
         s.request(EditMessage)(self.edit)
         s.request(DeleteMessage)(self.delete)
         s.request(SetPresence)(self.presence)
+        s.request(OpenDirectMessage)(self.open_dm)
+        s.request(SendPoll)(self.send_poll)
+        s.request(ExpirePoll)(self.expire_poll)
+        s.request(PollVotersRequest)(self.poll_voters)
+        s.request(CreateScheduledEvent)(self.create_event)
+        s.request(ListScheduledEvents)(self.list_events)
+        s.request(ScheduledEventUsers)(self.event_users)
         s.command("help")(self.help)
         s.setup(self.connected)
 
@@ -147,7 +192,54 @@ class FakeGateway:
         self.sent.append(msg)
         message_id = str(5000 + len(self.sent))
         self.messages[message_id] = msg
+        if self.lose_replies:
+            raise Refused("timeout", "Discord did not answer within 15s")
         return Sent(message_id)
+
+    async def open_dm(self, msg: OpenDirectMessage) -> DirectChannel:
+        return DirectChannel(self.dms.setdefault(msg.user_id, str(7000 + len(self.dms))))
+
+    async def send_poll(self, msg: SendPoll) -> PollSent:
+        message_id = str(6000 + len(self.polls))
+        self.polls[message_id] = msg
+        self.voters[message_id] = {}
+        expiry = self.service.clock.wall() + msg.hours * 3600.0
+        return PollSent(message_id, expiry, list(range(1, len(msg.answers) + 1)))
+
+    async def expire_poll(self, msg: ExpirePoll) -> Done:
+        self.expired.append(msg.message_id)
+        return Done()
+
+    async def poll_voters(self, msg: PollVotersRequest) -> PollVotes:
+        votes = self.voters.get(msg.message_id)
+        if votes is None:
+            raise Refused("not_found", "404 (code 10008) Unknown Message")
+        return PollVotes({str(a): list(votes.get(str(a), [])) for a in msg.answer_ids})
+
+    async def create_event(self, msg: CreateScheduledEvent) -> ScheduledEventInfo:
+        event_id = str(8000 + len(self.events))
+        self.events[event_id] = {
+            "id": event_id,
+            "guild_id": msg.guild_id,
+            "name": msg.name,
+            "description": msg.description,
+            "start": msg.start,
+            "end": msg.end,
+            "location": msg.location,
+            "status": "scheduled",
+            "user_count": 0,
+            "creator_id": BOT_USER,
+            "channel_id": None,
+        }
+        return ScheduledEventInfo(dict(self.events[event_id]))
+
+    async def list_events(self, _: ListScheduledEvents) -> ScheduledEventList:
+        return ScheduledEventList(
+            [{**e, "user_count": len(self.interested.get(i, []))} for i, e in self.events.items()]
+        )
+
+    async def event_users(self, msg: ScheduledEventUsers) -> UserIds:
+        return UserIds(list(self.interested.get(msg.event_id, [])))
 
     async def edit(self, msg: EditMessage) -> Done:
         if msg.message_id not in self.messages:
