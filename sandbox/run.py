@@ -24,12 +24,14 @@ from supervisor.supervisor import Supervisor
 
 def sandbox_settings(owner_id: str) -> dict[str, dict[str, Any]]:
     """Settings only the sandbox changes: no 5 s pause before re-identifying, alice as
-    the bot's owner, a model name the stand-in knows, and clocks end-to-end tests can
-    drive (the stats schedule and the gateway's rename guard move with the emulator's)."""
+    the bot's owner, a model name the stand-in knows, and clocks that follow the
+    emulator's (`POST clock` moves the stats schedule, the scheduler's reminders, polls
+    and events, and the gateway's rename guard with it)."""
     return {
         "gateway": {"identify_delay_s": 0.2, "allow_clock_control": True, "owner_ids": [owner_id]},
         "llm": {"model": "sandbox-model"},
         "stats": {"allow_clock_control": True},
+        "scheduler": {"allow_clock_control": True},
     }
 
 
@@ -96,8 +98,10 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
         ),
         flush=True,
     )
+    supervisor = Supervisor(config, extra_env=env)
+    emulator.on_clock_advance = supervisor.advance_clocks  # every clock follows the emulator's
     try:
-        return await Supervisor(config, extra_env=env).run()
+        return await supervisor.run()
     finally:
         logger.info("stopping the stand-ins")
         await emulator.stop()
