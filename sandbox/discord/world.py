@@ -423,10 +423,10 @@ class World:
     def delete_message(self, msg: Message) -> None:
         del self.messages[msg.id]
         if not msg.ephemeral:
-            self.dispatch(
-                "MESSAGE_DELETE",
-                {"id": msg.id, "channel_id": msg.channel_id, "guild_id": self.guild_id},
-            )
+            data = {"id": msg.id, "channel_id": msg.channel_id}
+            if msg.channel_id not in self.dm_channels:
+                data["guild_id"] = self.guild_id
+            self.dispatch("MESSAGE_DELETE", data)
 
     def add_member(self, username: str) -> User:
         user = self._add_user(username)

@@ -393,10 +393,10 @@ class Scheduler:
                 "data_b64": base64.b64encode(data).decode(),
             }
             count = f"{len(upcoming)} upcoming event{'s' if len(upcoming) != 1 else ''}"
+            # Shown to the channel: the file is as public as the events, and others want it too.
             return CommandAnswer(
                 f"📅 {count} as a calendar file: import it in Google Calendar, Outlook or any "
                 "calendar app.",
-                ephemeral=True,
                 files=[file],
             )
         return say(texts.event_list(upcoming))

@@ -53,6 +53,15 @@ def test_commands_are_registered_from_their_declarations_with_discord_permission
     sandbox: Sandbox,
 ) -> None:
     registered = {c["name"]: c for c in sandbox.get("commands")["global"]}
-    assert set(registered) == {"help", "ask", "reset", "usage", "stats", "status", "restart"}
+    assert set(registered) == {"help", "ask", "reset", "usage", "stats", "status", "restart"} | {
+        "remind",
+        "reminders",
+        "timezone",
+        "poll",
+        "endpoll",
+        "event",
+        "events",
+    }
+    assert [o["type"] for o in registered["event"]["options"]] == [1]  # the subcommand create
     assert registered["restart"]["default_member_permissions"] == "32"  # Manage Server
     assert registered["ask"].get("default_member_permissions") is None  # everyone

@@ -76,6 +76,7 @@ def test_check_catches_a_bad_time_zone_and_a_negative_interval_in_the_shipped_se
     keys = [line.split(":")[0] for line in result.stderr.strip().splitlines()]
     assert sorted(keys) == [
         "services.heartbeat.settings.interval_s",
+        "services.scheduler.settings.timezone",
         "services.stats.settings.timezone",
     ], result.stderr
 
