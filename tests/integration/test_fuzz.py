@@ -24,7 +24,7 @@ from supervisor.config import ConfigError, load, load_dotenv, parse
 from tests.support.harness import wait_for
 from tests.support.sandbox import Sandbox
 
-SERVICES = ["persistence", "gateway", "llm", "stats", "heartbeat", "presence"]
+SERVICES = ["persistence", "gateway", "llm", "stats", "heartbeat", "presence", "scheduler"]
 
 scalars = st.one_of(
     st.none(),

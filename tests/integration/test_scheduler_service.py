@@ -227,29 +227,27 @@ async def test_a_time_zone_changes_how_times_are_read(tmp_path: Path) -> None:
         assert f"<t:{int(nine_in_new_york)}:F>" in answer.content
 
 
-@pytest.mark.parametrize(
-    ("name", "sub", "options", "says"),
-    [
-        ("remind", None, {"when": "yesterday", "text": "x"}, "in the past"),
-        ("remind", None, {"when": "blah", "text": "x"}, "can't read"),
-        ("remind", None, {"when": "in 5 minutes", "text": ""}, "what to remind you of"),
-        ("poll", None, {"question": "Lunch?", "answers": "pizza"}, "needs 2 to 10 answers"),
-        ("poll", None, {"question": "Q", "answers": ";".join("abcdefghijk")}, "at most 10"),
-        ("poll", None, {"question": "Q", "answers": "a;b", "hours": 0}, "hours:"),
-        ("poll", None, {"question": "Q", "answers": "a;" + "b" * 56}, "55 characters"),
-        ("event", "create", {"name": "Party", "start": "yesterday 18:00"}, "in the past"),
-        ("event", "create", {"name": "Party", "start": "soonish"}, "can't read"),
-        ("event", "create", {"name": "", "start": "tomorrow"}, "name of 1 to 100"),
-    ],
-)
-async def test_bad_input_gets_one_ephemeral_line_saying_what_to_type(
-    tmp_path: Path, name: str, sub: str | None, options: dict[str, Any], says: str
-) -> None:
+BAD_INPUT = [
+    ("remind", None, {"when": "yesterday", "text": "x"}, "in the past"),
+    ("remind", None, {"when": "blah", "text": "x"}, "can't read"),
+    ("remind", None, {"when": "in 5 minutes", "text": ""}, "what to remind you of"),
+    ("poll", None, {"question": "Lunch?", "answers": "pizza"}, "needs 2 to 10 answers"),
+    ("poll", None, {"question": "Q", "answers": ";".join("abcdefghijk")}, "at most 10"),
+    ("poll", None, {"question": "Q", "answers": "a;b", "hours": 0}, "hours:"),
+    ("poll", None, {"question": "Q", "answers": "a;" + "b" * 56}, "55 characters"),
+    ("event", "create", {"name": "Party", "start": "yesterday 18:00"}, "in the past"),
+    ("event", "create", {"name": "Party", "start": "soonish"}, "can't read"),
+    ("event", "create", {"name": "", "start": "tomorrow"}, "name of 1 to 100"),
+]
+
+
+async def test_bad_input_gets_one_ephemeral_line_saying_what_to_type(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        answer = await w.run(name, sub=sub, **options)
-        assert answer.ephemeral and "\n" not in answer.content
-        assert says in answer.content
-        assert "`" in answer.content, "it shows what to type"
+        for name, sub, options, says in BAD_INPUT:
+            answer = await w.run(name, sub=sub, **options)
+            case = f"/{name} {options}: {answer.content!r}"
+            assert answer.ephemeral and "\n" not in answer.content, case
+            assert says in answer.content and "`" in answer.content, case
         assert w.gateway.polls == {} and w.gateway.events == {} and w.gateway.sent == []
 
 
