@@ -50,14 +50,17 @@ FindPosted = Callable[[str, float], Awaitable[bool]]  # header, since -> found; 
 
 # Gateway refusals after which the message may still have reached Discord.
 AMBIGUOUS = ("timeout", "handler_error")
+# Refusals that say Discord will not take this post as it is (a missing channel, no
+# permission, a user who takes no DMs): trying again later will not change them.
+DEFINITE = ("bad_request", "forbidden", "not_found", "unauthorized")
 
 
 @dataclass
 class Outcome:
     done: bool  # posted now or before: never try again
     detail: str
-    # Not posted because the gateway refused it for good (RemoteError: the channel is
-    # gone, the user takes no DMs...): trying again as is may never work.
+    # Not posted because Discord refused it for good (DEFINITE: the channel is gone, the
+    # user takes no DMs...): trying again as is will not work.
     refused: bool = False
 
 
@@ -110,7 +113,8 @@ class OncePoster:
             await self._set(key, {"state": "failed", "at": self._wall()}, False)
         except UNREACHABLE:
             pass  # left as "posting": found, or posted again after the lease
-        return Outcome(False, f"gateway did not post: {exc}", refused=isinstance(exc, RemoteError))
+        definite = isinstance(exc, RemoteError) and exc.reason in DEFINITE
+        return Outcome(False, f"gateway did not post: {exc}", refused=definite)
 
     async def flush_marks(self) -> None:
         for key, value in list(self.unmarked.items()):

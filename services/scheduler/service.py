@@ -46,7 +46,7 @@ from protocol.discord import (
     SendPoll,
     pinging_only,
 )
-from protocol.once import AMBIGUOUS, OncePoster, Outcome
+from protocol.once import DEFINITE, OncePoster, Outcome
 from protocol.runtime import Service
 from protocol.store import STORE, RecentMessages
 from services.scheduler import texts
@@ -503,9 +503,9 @@ class Scheduler:
             try:
                 channel = await self.dm_channel(r.user_id)
             except RemoteError as exc:
-                if exc.reason in AMBIGUOUS:
-                    return self._retry(what, str(exc))
-                return await self._reminder_refused(r, str(exc))
+                if exc.reason in DEFINITE:  # e.g. the user takes no DMs from the bot
+                    return await self._reminder_refused(r, str(exc))
+                return self._retry(what, str(exc))
             except UNREACHABLE as exc:
                 return self._retry(what, str(exc))
         key = f"{what}:{int(r.due_at)}"
@@ -547,7 +547,7 @@ class Scheduler:
         try:
             voters = (await self.service.call(GATEWAY, ask, timeout=15)).voters
         except RemoteError as exc:
-            if exc.reason in AMBIGUOUS or exc.reason == "not_connected":
+            if exc.reason not in DEFINITE:
                 return self._retry(what, str(exc))
             logger.info("{}: counted from the stored votes (Discord: {})", what, exc)
             voters = await self.call_db(self.store.votes, p.message_id)
@@ -578,7 +578,7 @@ class Scheduler:
             ask = ScheduledEventUsers(guild_id, e.event_id)
             users = (await self.service.call(GATEWAY, ask, timeout=15)).user_ids
         except RemoteError as exc:
-            if exc.reason in AMBIGUOUS or exc.reason == "not_connected":
+            if exc.reason not in DEFINITE:
                 return self._retry(what, str(exc))
             users = await self.call_db(self.store.interested, e.event_id)
         except (RequestTimeout, BreakerOpen) as exc:

@@ -190,14 +190,31 @@ async def test_a_reminder_discord_keeps_refusing_is_given_up_after_five_tries(
 ) -> None:
     async with world(tmp_path) as w:
         await w.run("remind", when="in 1 minute", text="stretch")
+        await w.run("remind", when="in 1 minute", text="patience")
         w.gateway.fail_sends = "403 (code 50001) Missing Access"
+        w.gateway.fail_reason = "forbidden"
         await w.later(61)
         for _ in range(6):
             await w.later(31)
         w.gateway.fail_sends = None
         await w.later(31)
-        assert w.posts("stretch") == []
+        assert w.posts("stretch") == [] and w.posts("patience") == []
         assert "no reminders" in (await w.run("reminders")).content
+
+
+async def test_a_reminder_waits_out_a_discord_outage_however_long(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        await w.run("remind", when="in 1 minute", text="patience")
+        w.gateway.fail_sends = "503 (code 0) Service Unavailable"  # no definite refusal
+        await w.later(61)
+        for _ in range(8):
+            await w.later(31)
+        w.gateway.fail_sends = None
+        await w.later(31)
+        [posted] = await eventually(lambda: w.posts("patience"), what="the reminder")
+        # Late or not is decided at its first try: a retried post reads the same, which is
+        # how an interrupted one is recognised among the stored messages.
+        assert posted.content == f"<@{BOB}> ⏰ patience"
 
 
 async def test_reminders_are_listed_and_cancelled_by_their_owner_only(tmp_path: Path) -> None:

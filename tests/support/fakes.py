@@ -136,6 +136,7 @@ class FakeGateway:
         self.presences: list[SetPresence] = []
         self.messages: dict[str, SendMessage] = {}
         self.fail_sends: str | None = None
+        self.fail_reason = "discord_error"  # the reason fail_sends answers with
         # The message is sent, but the answer is lost (Discord or the gateway died first).
         self.lose_replies = False
         self.dms: dict[str, str] = {}  # user id -> DM channel id
@@ -188,7 +189,7 @@ class FakeGateway:
 
     async def send(self, msg: SendMessage) -> Sent:
         if self.fail_sends:
-            raise Refused("discord_error", self.fail_sends)
+            raise Refused(self.fail_reason, self.fail_sends)
         self.sent.append(msg)
         message_id = str(5000 + len(self.sent))
         self.messages[message_id] = msg
