@@ -62,6 +62,7 @@ class Usage(Message):
     completion_tokens: int
     by_outcome: dict[str, int] = field(default_factory=dict)
     latency_p50_ms: float | None = None
+    by_provider: dict[str, int] = field(default_factory=dict)  # answers per provider
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class LlmExchange(Message):
     latency_ms: float
     outcome: str
     at: float
+    provider: str = ""  # the name of the provider that answered; "" if none did
 
 
 @message("store.usage")

@@ -140,6 +140,9 @@ def status_embed(snap: Snapshot) -> dict[str, Any]:
         llm += f"\np50 {p50:.0f} ms"
     if rate is not None:
         llm += f" · errors {rate:.0%}"
+    if snap.llm is not None and snap.llm.by_provider:  # which provider answered
+        by = sorted(snap.llm.by_provider.items(), key=lambda kv: (-kv[1], kv[0]))
+        llm += "\nby " + ", ".join(f"{name} {count}" for name, count in by)
     fields.append({"name": "LLM", "value": llm, "inline": True})
     breakers = snap.open_breakers()
     fields.append({"name": "Breakers", "value": "\n".join(breakers)[:1000] or "all closed"})

@@ -471,7 +471,8 @@ class Llm:
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=user_id,
-            model=self.settings.model,
+            model=completion.model if completion else self.settings.model,
+            provider=completion.provider if completion else "",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             latency_ms=latency_ms,
@@ -569,7 +570,7 @@ class Llm:
 
     async def on_stats(self, _: StatsRequest) -> LlmStats:
         assert self.client is not None
-        return self.stats.snapshot(self.cache, self.client.breaker)
+        return self.stats.snapshot(self.cache, self.client)
 
     # --- talking to the gateway -----------------------------------------------------
 
@@ -598,6 +599,9 @@ def format_usage(usage: Usage, window_s: float) -> str:
     ]
     if usage.by_outcome:
         lines.append(", ".join(f"{k}: {v}" for k, v in sorted(usage.by_outcome.items())))
+    if usage.by_provider:
+        by = sorted(usage.by_provider.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("answered by " + ", ".join(f"{k}: {v}" for k, v in by))
     return "\n".join(lines)
 
 

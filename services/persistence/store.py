@@ -541,6 +541,7 @@ class Store:
                     "latency_ms": e.latency_ms,
                     "outcome": self._text(e.outcome),
                     "at": e.at,
+                    "provider": self._text(e.provider),
                 },
             )
         self._upsert(LlmExchangeRow, list(rows.values()), lambda q: q.on_conflict_ignore())
@@ -698,6 +699,10 @@ class Store:
             by_outcome = dict(
                 x.select(x.outcome, fn.COUNT(x.id)).where(where).group_by(x.outcome).tuples()
             )
+            answered = where & x.provider.is_null(False) & (x.provider != "")
+            by_provider = dict(
+                x.select(x.provider, fn.COUNT(x.id)).where(answered).group_by(x.provider).tuples()
+            )
             p50 = None
             if n:
                 # The median without loading every row: the middle one (two, when even).
@@ -717,6 +722,7 @@ class Store:
             completion_tokens=int(completion),
             by_outcome={k: int(v) for k, v in by_outcome.items()},
             latency_p50_ms=p50,
+            by_provider={k: int(v) for k, v in by_provider.items()},
         )
 
 

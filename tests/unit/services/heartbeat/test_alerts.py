@@ -169,7 +169,7 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
         cpu={100: 2.5},
         connection=ConnectionState("connected", 41.7, 0.0),
         db_bytes=12_500_000,
-        llm=Usage(10, 5000, 900, {"ok": 9, "timeout": 1}, 850.0),
+        llm=Usage(10, 5000, 900, {"ok": 9, "timeout": 1}, 850.0, {"backup": 2, "primary": 7}),
     )
     embed = status_embed(snap)
     assert embed["title"] == "Down"
@@ -178,6 +178,7 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
     assert fields["Discord"] == "connected · 42 ms"
     assert fields["Database"] == "12.5MB"
     assert "p50 850 ms · errors 10%" in fields["LLM"]
+    assert fields["LLM"].endswith("\nby primary 7, backup 2")  # which provider answered
     assert "gateway→persistence: open" in fields["Breakers"]
     summary = summary_text(snap)
     assert summary.startswith("Having trouble: 1/2 services running")

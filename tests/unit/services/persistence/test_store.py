@@ -331,7 +331,10 @@ def test_kv_claim_is_atomic_and_plain_set_overwrites(store: Store) -> None:
 def test_usage_totals_by_outcome_and_median_latency(store: Store) -> None:
     store.apply(
         LlmExchange.TYPE,
-        [exchange(f"x{i}", 100.0 + i, latency=float(i)) for i in range(1, 5)]
+        [
+            exchange(f"x{i}", 100.0 + i, latency=float(i), provider=provider)
+            for i, provider in enumerate(["primary", "backup", "primary", "primary"], start=1)
+        ]
         + [exchange("err", 105.0, latency=50.0, outcome="error", prompt_tokens=3)]
         + [exchange("old", 1.0), exchange("elsewhere", 106.0, guild_id="5")],
     )
@@ -342,9 +345,26 @@ def test_usage_totals_by_outcome_and_median_latency(store: Store) -> None:
         completion_tokens=25,
         by_outcome={"ok": 4, "error": 1},
         latency_p50_ms=3.0,
+        by_provider={"primary": 3, "backup": 1},  # "error": no provider answered
     )
     assert store.usage(since=100.0).latency_p50_ms == 3.5  # six: the mean of the middle two
     assert store.usage(since=1e12).latency_p50_ms is None
+
+
+def test_a_version_1_database_gains_the_provider_column_and_keeps_its_exchanges(
+    store: Store,
+) -> None:
+    store.apply(LlmExchange.TYPE, [exchange("before", 100.0)])
+    # Back to what version 1 made: no provider column, schema_version 1.
+    store.db.execute_sql("ALTER TABLE llm_exchanges DROP COLUMN provider")
+    store.db.execute_sql("DELETE FROM schema_version")
+    store.db.execute_sql("INSERT INTO schema_version (version, applied_at) VALUES (1, 0)")
+    store.close()
+    assert store.open() == (1, 2)
+    store.apply(LlmExchange.TYPE, [exchange("after", 101.0, provider="backup")])
+    usage = store.usage(since=0)
+    assert (usage.exchanges, usage.by_provider) == (2, {"backup": 1})  # NULL: not counted
+    assert store.open() == (2, 2)
 
 
 # --- an unavailable database ---------------------------------------------------------------
