@@ -142,6 +142,19 @@ class LlmExchange(Message):
     provider: str = ""  # the name of the provider that answered; "" if none did
 
 
+@message("store.health", retain_by="")
+@dataclass(frozen=True, slots=True)
+class StorageHealth(Message):
+    """Whether persistence can write: sent on its first write and whenever that changes
+    (a failure once it has lasted its `storage_alert_after_s`). Retained, so a
+    subscriber that starts late still learns of an outage under way. While writes
+    fail, persistence refuses events and the senders keep them in their outboxes."""
+
+    ok: bool
+    detail: str  # why writes fail ("database or disk is full"); "" when ok
+    since: float  # wall time the current state began
+
+
 @message("store.usage")
 @dataclass(frozen=True, slots=True)
 class UsageRequest(Request[Usage]):

@@ -2,8 +2,9 @@
 
 Listens to: `supervisor.status` (every service's state, pushed at each transition
 and every few seconds), `discord.connection` (state, latency), `discord.guild.ready`
-(to find the admin channel; retained, so it arrives at start too), and the
-`/status` and `/restart` commands.
+(to find the admin channel; retained, so it arrives at start too), `store.health`
+(persistence refusing writes, and writing again; retained too), and the `/status`
+and `/restart` commands.
 Does: looks at each status it gets, with the host's memory and disk (sampled every
 `check_s`, health.py), for crashes, FATAL services, flapping, open breakers, memory
 and disk (alerts.py); every `interval_s` edits the status embed in place (embed.py)
@@ -41,7 +42,7 @@ from protocol.discord import (
 )
 from protocol.messages import RestartRequest, SupervisorStatus
 from protocol.runtime import Service
-from protocol.store import KvGet, KvSet, StoreCounts, Usage, UsageRequest
+from protocol.store import KvGet, KvSet, StorageHealth, StoreCounts, Usage, UsageRequest
 from services.heartbeat.alerts import Alert, AlertDetector, AlertGroup, Thresholds, alert_message
 from services.heartbeat.embed import Snapshot, status_embed, summary_text
 from services.heartbeat.health import HostSample, ProcessCpu, host_sample, service_pids
@@ -69,6 +70,7 @@ class Heartbeat:
         self.status_at = 0.0  # monotonic
         self.host: HostSample | None = None
         self.connection: ConnectionState | None = None
+        self.storage: StorageHealth | None = None
         self.channels: list[dict[str, Any]] = []
         self.admin_channel_id: str | None = None
         self.status_message: dict[str, str] | None = None  # {channel_id, message_id}
@@ -106,6 +108,19 @@ class Heartbeat:
 
     async def on_connection(self, msg: ConnectionState) -> None:
         self.connection = msg
+
+    async def on_storage(self, msg: StorageHealth) -> None:
+        self.storage = msg
+        if self.state_loaded:  # else the alert state of the previous run comes first
+            self.detect_storage()
+
+    def detect_storage(self) -> None:
+        assert self.storage is not None
+        alerts = self.detector.storage(self.storage)
+        if alerts:
+            logger.warning("alerts: {}", "; ".join(a.text for a in alerts))
+            self.group.add(alerts)
+            self.state_dirty = True
 
     async def on_guild_ready(self, msg: GuildReady) -> None:
         self.channels = list(msg.channels)
@@ -158,6 +173,8 @@ class Heartbeat:
         await self.load_state()
         if self.status is not None:
             self.detect()  # what happened while this service was down
+        if self.storage is not None:
+            self.detect_storage()
         next_sample = next_embed = self.clock.monotonic()
         async with aiohttp.ClientSession() as http, anyio.create_task_group() as pings:
             while True:
@@ -334,6 +351,7 @@ def build(clock: Clock | None = None) -> tuple[Service, Heartbeat]:
 
     service.event(SupervisorStatus)(heartbeat.on_status)
     service.event(ConnectionState)(heartbeat.on_connection)
+    service.event(StorageHealth)(heartbeat.on_storage)
     service.event(GuildReady)(heartbeat.on_guild_ready)
     service.command("status")(heartbeat.on_status_command)
     service.command("restart")(heartbeat.on_restart_command)

@@ -132,6 +132,7 @@ class Store:
         self.db = db
         self.is_sqlite = isinstance(db, SqliteDatabase)
         self._nul_warned = False
+        self._own_max_pages: int | None = None
         bind_models(db)
         self._writers: dict[str, Callable[[list[Any]], None]] = {
             MessageCreated.TYPE: self._messages_created,
@@ -157,6 +158,17 @@ class Store:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+    def limit_pages(self, pages: int | None) -> None:
+        """SQLite: cap the database at `pages` pages (None: SQLite's own limit); a write
+        beyond it fails with SQLITE_FULL, as on a full disk. Elsewhere: nothing."""
+        if not self.is_sqlite:
+            return
+        with self._unavailable_on_error():
+            if self._own_max_pages is None:
+                self._own_max_pages = self.db.execute_sql("PRAGMA max_page_count").fetchone()[0]
+            wanted = self._own_max_pages if pages is None else pages
+            self.db.execute_sql(f"PRAGMA max_page_count = {int(wanted)}")
 
     @contextmanager
     def _unavailable_on_error(self) -> Iterator[None]:

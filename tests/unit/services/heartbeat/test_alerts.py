@@ -7,7 +7,7 @@ from typing import Any
 
 from protocol.discord import ConnectionState
 from protocol.messages import SupervisorStatus
-from protocol.store import Usage
+from protocol.store import StorageHealth, Usage
 from services.heartbeat.alerts import (
     Alert,
     AlertDetector,
@@ -139,6 +139,22 @@ def test_a_new_supervisor_starts_counting_from_zero_without_false_alerts():
     detector.check(status(svc("gateway", restarts=3)))
     alerts = detector.check(status(svc("gateway", restarts=0), pid=2))
     assert [a.text for a in alerts] == ["The whole bot restarted."]
+
+
+def test_storage_refusing_writes_is_one_alert_per_incident_then_one_recovery():
+    detector = AlertDetector(Clock())
+    failing = StorageHealth(False, "OperationalError: database or disk is full", 1_714_550_400.0)
+    (alert,) = detector.storage(failing)
+    assert "database or disk is full" in alert.text and "<t:1714550400:T>" in alert.text
+    assert not alert.recovery and not detector.healthy
+    assert detector.storage(failing) == []  # said again (persistence restarted): no repeat
+    restarted = AlertDetector(Clock())  # the heartbeat restarted in the middle
+    restarted.restore(copy.deepcopy(detector.to_dict()))
+    assert restarted.storage(failing) == []
+    (recovered,) = restarted.storage(StorageHealth(True, "", 1_714_550_500.0))
+    assert recovered.recovery and recovered.text == "**storage** writes again"
+    assert restarted.storage(StorageHealth(True, "", 1_714_550_500.0)) == []
+    assert restarted.healthy
 
 
 def test_alerts_that_could_not_be_sent_go_first_in_the_next_message():
