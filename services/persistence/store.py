@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sqlite3
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -177,10 +178,11 @@ class Store:
         try:
             yield
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            if not _is_transient(exc, self.is_sqlite):
+            cause = _transient_cause(exc, self.is_sqlite)
+            if cause is None:
                 raise
             self._forget_connection()
-            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise DatabaseUnavailable(f"{type(cause).__name__}: {cause}") from exc
 
     def _forget_connection(self) -> None:
         """After a lost connection the next call must reconnect, not reuse a dead socket."""
@@ -741,13 +743,26 @@ class Store:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _is_transient(exc: BaseException, sqlite: bool) -> bool:
-    """Would the same work succeed later (locked, restarting, connection lost)?"""
-    if isinstance(exc, peewee.InterfaceError):
-        return True
-    if not isinstance(exc, peewee.OperationalError):
-        return False
-    return not sqlite or any(word in str(exc).lower() for word in SQLITE_TRANSIENT)
+def _transient_cause(exc: BaseException, sqlite: bool) -> BaseException | None:
+    """Would the same work succeed later (locked, full, restarting, connection lost)?
+    The error that says so, if it would.
+
+    The whole chain counts: on SQLITE_FULL SQLite rolls the transaction back itself,
+    so what reaches us is the ROLLBACK's "no transaction is active", raised while
+    handling "database or disk is full"; taken alone it would make a full disk look
+    like bad rows, to be skipped and lost."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, peewee.InterfaceError):
+            return cause
+        if isinstance(cause, peewee.OperationalError | sqlite3.OperationalError) and (
+            not sqlite or any(word in str(cause).lower() for word in SQLITE_TRANSIENT)
+        ):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 _CHECKED_FIELDS: dict[type, tuple[list[str], list[str]]] = {}
