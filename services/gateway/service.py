@@ -123,10 +123,9 @@ class GatewayService:
             if saved.bot_user_id:  # retained: services that start later get them too
                 for guild in self.gw.guilds.guilds.values():
                     await self.service.publish(guild.ready(saved.bot_user_id))
-        for owner in set(self.service.ctx.topology.commands.values()):
-            self.service.bus.channel(
-                owner
-            )  # connect early: interactions must be answered within 3 s
+        # Connect early to the commands' owners: interactions must be answered within 3 s.
+        for owner in set(self.service.ctx.topology.commands.values()) - {self.service.name}:
+            self.service.bus.channel(owner)
 
     async def _log_in(self) -> None:
         """Log in, retrying with backoff while Discord cannot be reached; a rejected token
