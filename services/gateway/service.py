@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -217,7 +216,7 @@ class GatewayService:
                 logger.info("session resumed at seq {}", seq)
                 self._publish_connection("resumed")
             elif event == "INTERACTION_CREATE":
-                invocation = Invocation.parse(d)
+                invocation = Invocation.parse(d, self.service.clock.monotonic())
                 if invocation is not None and self.gw.tg is not None:
                     if isinstance(seq, int):
                         self.gw.unanswered[invocation.id] = seq
@@ -424,7 +423,7 @@ class GatewayService:
         return CommandAnswer(help_text(Tier(msg.tier), enabled), ephemeral=True)
 
     def _remember(self, inv: Invocation) -> None:
-        cutoff = time.monotonic() - INTERACTION_TTL_S
+        cutoff = self.service.clock.monotonic() - INTERACTION_TTL_S
         for key in [k for k, v in self.gw.interactions.items() if v.created < cutoff]:
             del self.gw.interactions[key]
         self.gw.interactions[inv.id] = inv
