@@ -48,6 +48,32 @@ class Clock:
                 await self._advanced.wait()
 
 
+class Wakeup:
+    """Lets a loop that sleeps on the clock be woken as soon as there is something new to
+    do (a counter changed, a health change): `set()` from anywhere, `sleep()` in the loop."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        """Until `seconds` pass on the clock, or `set()` is called."""
+        woken = self._event
+        async with anyio.create_task_group() as tg:
+
+            async def on_wakeup() -> None:
+                await woken.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_wakeup)
+            await self.clock.sleep(seconds)
+            tg.cancel_scope.cancel()
+
+
 def fixed(wall: float, monotonic: float = 1000.0) -> Clock:
     """A clock that stands still except through `advance`: for unit tests."""
     return Clock(monotonic=lambda: monotonic, wall=lambda: wall)

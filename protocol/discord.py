@@ -16,6 +16,8 @@ from protocol.messages import Done, Message, Request, message
 
 # --- facts about Discord every service shares ---------------------------------------
 
+GATEWAY = "gateway"  # the service that publishes these events and serves these requests
+
 NO_PINGS: dict[str, Any] = {"parse": []}  # allowed_mentions that ping nobody
 MESSAGE_LIMIT = 2000  # characters in one message's content
 RENAMES_PER_WINDOW = 2  # channel renames Discord allows per channel ...

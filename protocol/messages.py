@@ -141,6 +141,8 @@ def decode(type_name: str, body: dict[str, Any]) -> Message:
 
 # --- Control plane: supervisor <-> service -------------------------------------------
 
+SUPERVISOR = "supervisor"  # its name on the bus
+
 
 @message("service.ready")
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from protocol.commands import CATALOGUE
 from protocol.discord import CommandAnswer, CommandInvoked
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
+    SUPERVISOR,
     AdvanceClock,
     ApplySettings,
     ClockReading,
@@ -414,12 +415,12 @@ class Service:
             on_request=self._on_request,
             on_events=self._on_events,
         )
-        supervised = "supervisor" in ctx.topology.endpoints and ctx.supervisor_pid is not None
+        supervised = SUPERVISOR in ctx.topology.endpoints and ctx.supervisor_pid is not None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.bus.run)
             tg.start_soon(self._watch_signals)
             if supervised:
-                self.bus.channel("supervisor")
+                self.bus.channel(SUPERVISOR)
             for fn in self._setup:
                 await fn()
             for fn in self._tasks:
@@ -446,7 +447,7 @@ class Service:
 
     def _report(self, msg: Message) -> None:
         assert self.bus is not None
-        self.bus.channel("supervisor").send(self.bus.envelope(msg, Kind.EVENT, "supervisor"))
+        self.bus.channel(SUPERVISOR).send(self.bus.envelope(msg, Kind.EVENT, SUPERVISOR))
 
     async def _heartbeat(self) -> None:
         assert self.ctx is not None and self.bus is not None
@@ -455,9 +456,9 @@ class Service:
                 logger.error("supervisor {} is gone: exiting", self.ctx.supervisor_pid)
                 os._exit(1)
             env = self.bus.envelope(
-                Heartbeat(os.getpid(), self.bus.stats()["channels"]), Kind.HEARTBEAT, "supervisor"
+                Heartbeat(os.getpid(), self.bus.stats()["channels"]), Kind.HEARTBEAT, SUPERVISOR
             )
-            self.bus.channel("supervisor").send(env)
+            self.bus.channel(SUPERVISOR).send(env)
             await anyio.sleep(self.ctx.heartbeat_interval_s)
 
     async def _watch_signals(self) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from protocol.messages import Message, Request, message
 
+STORE = "persistence"  # the service that serves these queries
+
 # --- replies ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from protocol.bus import Topology
 from protocol.commands import owned_by
+from protocol.messages import SUPERVISOR
 from protocol.settings import Problem
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
@@ -101,7 +102,7 @@ class Config:
     def topology(self) -> Topology:
         """Where each service listens and who subscribes to each event type."""
         runtime = self.supervisor.runtime_dir.resolve()
-        endpoints = {"supervisor": f"ipc://{runtime}/supervisor.sock"}
+        endpoints = {SUPERVISOR: f"ipc://{runtime}/{SUPERVISOR}.sock"}
         subscribers: dict[str, list[str]] = {}
         for s in self.enabled:
             endpoints[s.name] = s.endpoint or f"ipc://{runtime}/{s.name}.sock"

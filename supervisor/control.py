@@ -12,6 +12,7 @@ import anyio
 from protocol.bus import Topology, request_once
 from protocol.channel import RemoteError, RequestTimeout
 from protocol.messages import (
+    SUPERVISOR,
     Message,
     Outcome,
     ReloadRequest,
@@ -37,9 +38,9 @@ def ask(runtime_dir: Path, msg: Request[R], timeout: float = 3.0) -> R:
 
 
 async def _ask(sock: Path, msg: Request[R], timeout: float) -> R:
-    topology = Topology({"supervisor": f"ipc://{sock}"})
+    topology = Topology({SUPERVISOR: f"ipc://{sock}"})
     try:
-        return await request_once(f"cli-{os.getpid()}", topology, "supervisor", msg, timeout)
+        return await request_once(f"cli-{os.getpid()}", topology, SUPERVISOR, msg, timeout)
     except RequestTimeout:
         raise SupervisorUnreachable(f"the supervisor did not answer on {sock}") from None
     except RemoteError as exc:

@@ -24,6 +24,7 @@ from protocol.bus import Bus, Reply
 from protocol.channel import UNREACHABLE
 from protocol.envelope import Envelope, Kind
 from protocol.messages import (
+    SUPERVISOR,
     ApplySettings,
     Heartbeat,
     MessageError,
@@ -80,7 +81,7 @@ class Supervisor:
         runtime.mkdir(parents=True, exist_ok=True)
         runtime.chmod(0o700)  # the control socket: only this user may steer the bot
         self.bus = Bus(
-            "supervisor",
+            SUPERVISOR,
             self.config.topology(),
             on_request=self._on_request,
             on_events=self._on_events,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -30,6 +29,7 @@ from protocol.channel import PeerGone, RemoteError, RequestTimeout
 from protocol.clock import Clock
 from protocol.commands import CATALOGUE, Tier
 from protocol.discord import (
+    GATEWAY,
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
@@ -62,7 +62,7 @@ FAILED = "That failed, sorry. The error was logged."
 
 def build(clock: Clock | None = None) -> tuple[Service, GatewayService]:
     """A fresh gateway service and its process state (tests build several)."""
-    service = Service("gateway", Settings, clock)
+    service = Service(GATEWAY, Settings, clock)
     gateway = GatewayService(service, Gateway(service.clock))
     # What it listens to: Discord (started by stay_connected), and the other services'
     # requests for Discord actions.
@@ -122,10 +122,9 @@ class GatewayService:
             if saved.bot_user_id:  # retained: services that start later get them too
                 for guild in self.gw.guilds.guilds.values():
                     await self.service.publish(guild.ready(saved.bot_user_id))
-        for owner in set(self.service.ctx.topology.commands.values()):
-            self.service.bus.channel(
-                owner
-            )  # connect early: interactions must be answered within 3 s
+        # Connect early to the commands' owners: interactions must be answered within 3 s.
+        for owner in set(self.service.ctx.topology.commands.values()) - {self.service.name}:
+            self.service.bus.channel(owner)
 
     async def _log_in(self) -> None:
         """Log in, retrying with backoff while Discord cannot be reached; a rejected token
@@ -217,7 +216,7 @@ class GatewayService:
                 logger.info("session resumed at seq {}", seq)
                 self._publish_connection("resumed")
             elif event == "INTERACTION_CREATE":
-                invocation = Invocation.parse(d)
+                invocation = Invocation.parse(d, self.service.clock.monotonic())
                 if invocation is not None and self.gw.tg is not None:
                     if isinstance(seq, int):
                         self.gw.unanswered[invocation.id] = seq
@@ -424,7 +423,7 @@ class GatewayService:
         return CommandAnswer(help_text(Tier(msg.tier), enabled), ephemeral=True)
 
     def _remember(self, inv: Invocation) -> None:
-        cutoff = time.monotonic() - INTERACTION_TTL_S
+        cutoff = self.service.clock.monotonic() - INTERACTION_TTL_S
         for key in [k for k, v in self.gw.interactions.items() if v.created < cutoff]:
             del self.gw.interactions[key]
         self.gw.interactions[inv.id] = inv

@@ -32,6 +32,7 @@ from protocol.breaker import BreakerOpen
 from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
 from protocol.clock import Clock
 from protocol.discord import (
+    GATEWAY,
     NO_PINGS,
     CommandAnswer,
     CommandInvoked,
@@ -40,9 +41,9 @@ from protocol.discord import (
     GuildReady,
     SendMessage,
 )
-from protocol.messages import RestartRequest, SupervisorStatus
+from protocol.messages import SUPERVISOR, RestartRequest, SupervisorStatus
 from protocol.runtime import Service
-from protocol.store import KvGet, KvSet, StorageHealth, StoreCounts, Usage, UsageRequest
+from protocol.store import STORE, KvGet, KvSet, StorageHealth, StoreCounts, Usage, UsageRequest
 from services.heartbeat.alerts import Alert, AlertDetector, AlertGroup, Thresholds, alert_message
 from services.heartbeat.embed import Snapshot, status_embed, summary_text
 from services.heartbeat.health import HostSample, ProcessCpu, host_sample, service_pids
@@ -210,9 +211,9 @@ class Heartbeat:
 
     async def refresh_store_numbers(self) -> None:
         try:
-            counts = await self.service.call("persistence", StoreCounts(), timeout=2)
+            counts = await self.service.call(STORE, StoreCounts(), timeout=2)
             since = self.clock.wall() - 3600
-            self.llm = await self.service.call("persistence", UsageRequest(since), timeout=2)
+            self.llm = await self.service.call(STORE, UsageRequest(since), timeout=2)
             self.db_bytes = counts.db_bytes
         except UNREACHABLE as exc:
             logger.info("store numbers unavailable: {}", exc)
@@ -222,7 +223,7 @@ class Heartbeat:
         if not name:
             return "Name the service to restart."
         try:
-            outcome = await self.service.call("supervisor", RestartRequest(name), timeout=5)
+            outcome = await self.service.call(SUPERVISOR, RestartRequest(name), timeout=5)
         except UNREACHABLE as exc:
             return f"The supervisor did not answer: {exc}"
         return ("Restarting: " if outcome.ok else "Not restarted: ") + outcome.detail
@@ -256,7 +257,7 @@ class Heartbeat:
         content, allowed = alert_message(alerts, self.settings.alert_role_id)
         msg = SendMessage(self.admin_channel_id, content, allowed_mentions=allowed)
         try:
-            await self.service.call("gateway", msg, timeout=10)
+            await self.service.call(GATEWAY, msg, timeout=10)
         except UNREACHABLE as exc:
             logger.warning("alerts not sent, kept for the next try: {}", exc)
             self.group.put_back(alerts)
@@ -276,7 +277,7 @@ class Heartbeat:
                 channel, known["message_id"], embeds=[embed], allowed_mentions=NO_PINGS
             )
             try:
-                await self.service.call("gateway", edit, timeout=10)
+                await self.service.call(GATEWAY, edit, timeout=10)
                 return
             except RemoteError as exc:
                 if not message_was_deleted(exc):
@@ -288,7 +289,7 @@ class Heartbeat:
                 return
         post = SendMessage(channel, embeds=[embed], allowed_mentions=NO_PINGS)
         try:
-            sent = await self.service.call("gateway", post, timeout=10)
+            sent = await self.service.call(GATEWAY, post, timeout=10)
         except UNREACHABLE as exc:
             logger.info("status message not posted: {}", exc)
             return
@@ -336,11 +337,11 @@ class Heartbeat:
         self.state_dirty = False
 
     async def _kv_get(self, key: str) -> Any:
-        found = await self.service.call("persistence", KvGet(NAMESPACE, key), timeout=2)
+        found = await self.service.call(STORE, KvGet(NAMESPACE, key), timeout=2)
         return found.value
 
     async def _kv_set(self, key: str, value: Any) -> None:
-        await self.service.call("persistence", KvSet(NAMESPACE, key, value), timeout=2)
+        await self.service.call(STORE, KvSet(NAMESPACE, key, value), timeout=2)
 
 
 def build(clock: Clock | None = None) -> tuple[Service, Heartbeat]:

@@ -33,6 +33,7 @@ from loguru import logger
 from protocol.channel import UNREACHABLE, RemoteError
 from protocol.clock import Clock
 from protocol.discord import (
+    GATEWAY,
     NO_PINGS,
     CommandAnswer,
     CommandInvoked,
@@ -50,6 +51,7 @@ from protocol.discord import (
 from protocol.messages import R, Request
 from protocol.runtime import Service
 from protocol.store import (
+    STORE,
     KvGet,
     KvSet,
     LlmExchange,
@@ -335,14 +337,10 @@ class Llm:
                 rows = known
             elif msg.reply_to_id:
                 query = ReplyChain(msg.reply_to_id, limit=s.history_limit)
-                rows = (
-                    await self.service.call("persistence", query, timeout=s.store_timeout_s)
-                ).messages
+                rows = (await self.service.call(STORE, query, timeout=s.store_timeout_s)).messages
             else:
                 query = RecentMessages(msg.channel_id, limit=s.history_limit)
-                rows = (
-                    await self.service.call("persistence", query, timeout=s.store_timeout_s)
-                ).messages
+                rows = (await self.service.call(STORE, query, timeout=s.store_timeout_s)).messages
                 self.history.seed(msg.channel_id, rows)
         except UNREACHABLE as exc:
             logger.warning("llm: no conversation history ({}): answering {} alone", exc, msg.id)
@@ -366,7 +364,7 @@ class Llm:
                 self.reset_marks.clear()  # the store has them: read again when needed
             query = KvGet(RESET_NAMESPACE, key)
             value = (
-                await self.service.call("persistence", query, timeout=self.settings.store_timeout_s)
+                await self.service.call(STORE, query, timeout=self.settings.store_timeout_s)
             ).value
             self.reset_marks[key] = float(value) if isinstance(value, int | float) else None
         return self.reset_marks[key]
@@ -542,7 +540,7 @@ class Llm:
         )
         try:
             await self.service.call(
-                "persistence",
+                STORE,
                 KvSet(RESET_NAMESPACE, key, now),
                 timeout=min(self.settings.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
             )
@@ -557,7 +555,7 @@ class Llm:
         since = self.clock.wall() - s.usage_window_s
         try:
             usage = await self.service.call(
-                "persistence",
+                STORE,
                 UsageRequest(since, cmd.guild_id),
                 timeout=min(s.store_timeout_s, COMMAND_STORE_TIMEOUT_S),
             )
@@ -577,7 +575,7 @@ class Llm:
     async def gateway(self, msg: Request[R]) -> R | None:
         """A request to the gateway; None (logged) if it failed: Discord output is best effort."""
         try:
-            return await self.service.call("gateway", msg, timeout=self.settings.gateway_timeout_s)
+            return await self.service.call(GATEWAY, msg, timeout=self.settings.gateway_timeout_s)
         except UNREACHABLE as exc:
             logger.warning("llm: {} failed: {}", msg.TYPE, exc)
             return None

@@ -27,24 +27,15 @@ import anyio
 from loguru import logger
 
 from protocol.clock import Clock
-from protocol.discord import (
-    MemberBanned,
-    MemberJoined,
-    MemberLeft,
-    MemberUnbanned,
-    MessageCreated,
-    MessageDeleted,
-    MessageEdited,
-)
 from protocol.messages import Message
 from protocol.runtime import Refused, Service, TransientError
 from protocol.store import (
+    STORE,
     Counts,
     KvGet,
     KvSet,
     KvStored,
     KvValue,
-    LlmExchange,
     MemberEventList,
     MemberEvents,
     RecentMessages,
@@ -60,16 +51,7 @@ from services.persistence.journal import Journal, to_json
 from services.persistence.settings import Settings
 from services.persistence.store import DatabaseUnavailable, Store, describe_url, open_database
 
-STORED_EVENTS: tuple[type[Message], ...] = (
-    MessageCreated,
-    MessageEdited,
-    MessageDeleted,
-    MemberJoined,
-    MemberLeft,
-    MemberBanned,
-    MemberUnbanned,
-    LlmExchange,
-)
+STORED_EVENTS: tuple[type[Message], ...] = tuple(Store.WRITERS)
 T = TypeVar("T")
 MAX_UNSTORED = 1_000_000  # keys of journaled, refused events remembered (8 bytes each)
 
@@ -256,7 +238,7 @@ class Persistence:
 
 def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
     """The service and its state, fresh (tests run several in one process)."""
-    service = Service("persistence", Settings, clock)
+    service = Service(STORE, Settings, clock)
     p = Persistence(service.clock, service.publish)
     service.on_settings(p.configure)
 

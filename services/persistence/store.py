@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import peewee
@@ -129,6 +129,18 @@ class Store:
     """The models are bound to this store's database: one Store per process at a time
     (the service's, or the rebuild's)."""
 
+    # Every event type stored, and the method that writes a batch of it.
+    WRITERS: ClassVar[dict[type[Message], str]] = {
+        MessageCreated: "_messages_created",
+        MessageEdited: "_messages_edited",
+        MessageDeleted: "_messages_deleted",
+        MemberJoined: "_member_events",
+        MemberLeft: "_member_events",
+        MemberBanned: "_member_events",
+        MemberUnbanned: "_member_events",
+        LlmExchange: "_llm_exchanges",
+    }
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self.is_sqlite = isinstance(db, SqliteDatabase)
@@ -136,14 +148,7 @@ class Store:
         self._own_max_pages: int | None = None
         bind_models(db)
         self._writers: dict[str, Callable[[list[Any]], None]] = {
-            MessageCreated.TYPE: self._messages_created,
-            MessageEdited.TYPE: self._messages_edited,
-            MessageDeleted.TYPE: self._messages_deleted,
-            MemberJoined.TYPE: self._member_events,
-            MemberLeft.TYPE: self._member_events,
-            MemberBanned.TYPE: self._member_events,
-            MemberUnbanned.TYPE: self._member_events,
-            LlmExchange.TYPE: self._llm_exchanges,
+            t.TYPE: getattr(self, method) for t, method in self.WRITERS.items()
         }
 
     @property

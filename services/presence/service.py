@@ -20,8 +20,8 @@ import anyio
 from loguru import logger
 
 from protocol.channel import UNREACHABLE
-from protocol.clock import Clock
-from protocol.discord import COUNT_FIELDS, GuildCounts, GuildReady, SetPresence
+from protocol.clock import Clock, Wakeup
+from protocol.discord import COUNT_FIELDS, GATEWAY, GuildCounts, GuildReady, SetPresence
 from protocol.messages import SupervisorStatus
 from protocol.runtime import Service
 from services.presence.rotation import MIN_INTERVAL_S, Rotation, presence_status, uptime_text
@@ -42,7 +42,7 @@ class Presence:
         self.last_sent: tuple[str, str | None] | None = None  # (status, activity) shown
         self.tried_at = -math.inf  # the last update sent (or tried): Discord's pace
         self.rotated_at = -math.inf  # the last step of the rotation
-        self._nudged = anyio.Event()
+        self.wakeup = Wakeup(self.clock)
         self.rotation = Rotation(())
         self.configure(service.settings)
 
@@ -53,7 +53,7 @@ class Presence:
     def configure(self, settings: Settings) -> None:
         if tuple(self.rotation.templates) != settings.templates:
             self.rotation = Rotation(settings.templates)
-        self._nudge()  # the interval may have changed
+        self.wakeup.set()  # the interval may have changed
 
     # --- what it listens to ---------------------------------------------------------
 
@@ -61,7 +61,7 @@ class Presence:
         self.status = presence_status(msg)
         self.values["uptime"] = uptime_text(msg.supervisor.get("uptime_s"))
         self.health_known.set()
-        self._nudge()
+        self.wakeup.set()
 
     async def on_counts(self, msg: GuildCounts) -> None:
         self.values.update(
@@ -72,7 +72,7 @@ class Presence:
     async def on_guild_ready(self, msg: GuildReady) -> None:
         """A fresh gateway session starts with no presence: send ours again."""
         self.last_sent = None
-        self._nudge()
+        self.wakeup.set()
 
     # --- what it does ---------------------------------------------------------------
 
@@ -91,7 +91,7 @@ class Presence:
             left = STARTUP_WAIT_S - (self.clock.monotonic() - started)
             if left <= 0:
                 break
-            await self._wait(left)
+            await self.wakeup.sleep(left)
         while True:
             now = self.clock.monotonic()
             due = self.next_update_at()
@@ -99,7 +99,7 @@ class Presence:
                 self.rotated_at = now
                 await self.tick()
             else:
-                await self._wait(due - now)
+                await self.wakeup.sleep(due - now)
 
     async def tick(self) -> SetPresence | None:
         """One step of the rotation; returns what was sent, if anything."""
@@ -108,29 +108,12 @@ class Presence:
             return None
         return await self.send(SetPresence(self.status, activity, self.settings.activity_type))
 
-    def _nudge(self) -> None:
-        self._nudged.set()
-        self._nudged = anyio.Event()
-
-    async def _wait(self, seconds: float) -> None:
-        """Until `seconds` pass on the clock, or something changed."""
-        nudged = self._nudged
-        async with anyio.create_task_group() as tg:
-
-            async def on_nudge() -> None:
-                await nudged.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_nudge)
-            await self.clock.sleep(seconds)
-            tg.cancel_scope.cancel()
-
     # --- what it sends --------------------------------------------------------------
 
     async def send(self, presence: SetPresence) -> SetPresence | None:
         self.tried_at = self.clock.monotonic()
         try:
-            await self.service.call("gateway", presence, timeout=5)
+            await self.service.call(GATEWAY, presence, timeout=5)
         except UNREACHABLE as exc:
             logger.info("presence not sent (the next update sends a newer one): {}", exc)
             return None

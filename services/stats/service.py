@@ -22,9 +22,10 @@ from loguru import logger
 
 from protocol.breaker import BreakerOpen
 from protocol.channel import UNREACHABLE, RemoteError, RequestTimeout
-from protocol.clock import Clock
+from protocol.clock import Clock, Wakeup
 from protocol.discord import (
     COUNT_FIELDS,
+    GATEWAY,
     NO_PINGS,
     CommandAnswer,
     CommandInvoked,
@@ -35,7 +36,7 @@ from protocol.discord import (
     SendMessage,
 )
 from protocol.runtime import Service
-from protocol.store import KvGet, KvSet, MemberEvents, RecentMessages
+from protocol.store import STORE, KvGet, KvSet, MemberEvents, RecentMessages
 from services.stats import report
 from services.stats.claims import AMBIGUOUS, OncePoster, Outcome
 from services.stats.claims import NAMESPACE as REPORT_NS
@@ -65,7 +66,7 @@ class Stats:
         self.guild_known = anyio.Event()
         self.report_channel_id: str | None = None
         self.posted: set[str] = set()
-        self._nudged = anyio.Event()
+        self.wakeup = Wakeup(self.clock)
         self.poster = OncePoster(
             kv_get=lambda key: self._kv_get(REPORT_NS, key),
             kv_set=lambda key, value, absent: self._kv_set(REPORT_NS, key, value, absent),
@@ -165,24 +166,7 @@ class Stats:
             cid = self.counter_ids.get(spec.kind)
             name = render(spec, self.values)
             if cid is not None and name is not None and self.throttle.want(cid, name):
-                self._nudge()
-
-    def _nudge(self) -> None:
-        self._nudged.set()
-        self._nudged = anyio.Event()
-
-    async def _wait(self, seconds: float | None) -> None:
-        """Until `seconds` pass on the clock, or something new is wanted."""
-        nudged = self._nudged
-        async with anyio.create_task_group() as tg:
-
-            async def on_nudge() -> None:
-                await nudged.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_nudge)
-            await self.clock.sleep(3600.0 if seconds is None else seconds)
-            tg.cancel_scope.cancel()
+                self.wakeup.set()
 
     async def keep_counters(self) -> None:
         """Rename counter channels as their numbers change, within the window."""
@@ -191,7 +175,8 @@ class Stats:
         while True:
             for channel_id, name in self.throttle.due():
                 await self.rename(channel_id, name)
-            await self._wait(self.throttle.next_due_in())
+            due_in = self.throttle.next_due_in()
+            await self.wakeup.sleep(3600.0 if due_in is None else due_in)
 
     async def load_counter_records(self) -> None:
         """Remembered channel ids (a renamed channel no longer has its configured name)
@@ -215,7 +200,7 @@ class Stats:
         self.throttle.started(channel_id)
         await self.save_counter_record(channel_id)  # before: a crash right after still counts
         try:
-            await self.service.call("gateway", RenameChannel(channel_id, name), timeout=10)
+            await self.service.call(GATEWAY, RenameChannel(channel_id, name), timeout=10)
         except RequestTimeout:
             self.throttle.failed(channel_id, maybe_applied=True)
             logger.warning("rename of {} to {!r} timed out", channel_id, name)
@@ -253,7 +238,7 @@ class Stats:
             try:
                 with_bans = any("{bans" in spec.template for spec in self.counters)
                 ask = CountsRequest(self.guild_id, with_bans=with_bans)
-                counts = await self.service.call("gateway", ask, timeout=15)
+                counts = await self.service.call(GATEWAY, ask, timeout=15)
             except UNREACHABLE as exc:
                 logger.info("counts unavailable: {}", exc)
                 await self.clock.sleep(min(30.0, refresh_s))
@@ -316,12 +301,12 @@ class Stats:
         since = report.day_start(first, self.tz)
         until = report.day_start(first + dt.timedelta(days=days), self.tz)
         query = MemberEvents(self.guild_id, since, until)
-        found = await self.service.call("persistence", query, timeout=10)
+        found = await self.service.call(STORE, query, timeout=10)
         return report.summarise(found.events, first, days, self.tz)
 
     async def daily_report(self, day: dt.date) -> dict[str, Any]:
         if self.guild_id is None:
-            raise RemoteError("gateway", "not_ready", "the guild is not known yet")
+            raise RemoteError(GATEWAY, "not_ready", "the guild is not known yet")
         days = await self.member_events(day - dt.timedelta(days=7), 8)
         return report.daily_embed(days[-1], days[-2], days[:-1])
 
@@ -334,24 +319,24 @@ class Stats:
     async def _send_report(self, header: str, embeds: list[dict[str, Any]]) -> str | None:
         assert self.report_channel_id is not None
         msg = SendMessage(self.report_channel_id, header, embeds, allowed_mentions=NO_PINGS)
-        sent = await self.service.call("gateway", msg, timeout=15)
+        sent = await self.service.call(GATEWAY, msg, timeout=15)
         return sent.message_id
 
     async def _find_posted(self, header: str, since: float) -> bool:
         assert self.report_channel_id is not None
         query = RecentMessages(self.report_channel_id, limit=50, after_ts=since)
-        found = await self.service.call("persistence", query, timeout=5)
+        found = await self.service.call(STORE, query, timeout=5)
         return any(m.get("author_bot") and m.get("content") == header for m in found.messages)
 
     async def _kv_get(self, namespace: str, key: str, timeout: float = 5.0) -> Any:
-        found = await self.service.call("persistence", KvGet(namespace, key), timeout=timeout)
+        found = await self.service.call(STORE, KvGet(namespace, key), timeout=timeout)
         return found.value
 
     async def _kv_set(
         self, namespace: str, key: str, value: Any, only_if_absent: bool, timeout: float = 5.0
     ) -> bool:
         msg = KvSet(namespace, key, value, only_if_absent=only_if_absent)
-        stored = await self.service.call("persistence", msg, timeout=timeout)
+        stored = await self.service.call(STORE, msg, timeout=timeout)
         return stored.stored
 
 

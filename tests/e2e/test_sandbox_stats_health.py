@@ -334,7 +334,8 @@ def test_a_killed_service_is_alerted_then_recovered_and_the_embed_shows_the_rest
             return found if later else None
 
         found = wait_for(alert_then_recovery, 10, "an alert and then a recovery")
-        assert all("killed by SIGKILL" in m["content"] for m in found if "crashed" in m["content"])
+        crashes = [m["content"] for m in found if "crashed" in m["content"]]
+        assert all("killed by SIGKILL" in c for c in crashes), crashes
         for m in found:
             problem = "**Alert**" in m["content"]
             if role and problem:

@@ -133,3 +133,23 @@ def test_log_level_from_the_environment_and_per_service(tmp_path: Path) -> None:
         assert " INFO " in echo_log  # its own log_level = "DEBUG" wins
     finally:
         bot.cleanup()
+
+
+def test_a_subscription_without_its_handler_stops_check_and_start_up(tmp_path: Path) -> None:
+    toml = TOML.format(settings="").replace(
+        '[services.echo]\nmodule = "tests.support.services.echo"',
+        '[services.echo]\nmodule = "tests.support.services.echo"\n'
+        'subscribes = ["test.item", "discord.guild.ready"]',
+    )
+    config = tmp_path / "services.toml"
+    config.write_text(toml)
+    line = "echo: subscribes to discord.guild.ready but has no handler for it"
+    result = run_py(tmp_path, "check", "--config", str(config))
+    assert (result.returncode, result.stderr.strip()) == (2, line)
+    (tmp_path / "run").mkdir()
+    bot = Running(tmp_path / "run", toml)
+    try:
+        assert bot.proc.wait(timeout=20) == 2
+        assert line in bot.output()
+    finally:
+        bot.cleanup()

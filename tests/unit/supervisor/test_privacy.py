@@ -125,7 +125,7 @@ def test_a_secrets_file_open_to_others_gets_one_line_naming_chmod_600(tmp_path: 
     assert secrets_file_warning(tmp_path / "missing.env") is None
 
 
-CHECK_TOML = '[services.a]\nmodule = "services.stats"\n'
+CHECK_TOML = '[services.echo]\nmodule = "tests.support.services.echo"\n'
 
 
 def run_check(tmp_path: Path, env_mode: int) -> subprocess.CompletedProcess:
