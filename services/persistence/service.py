@@ -53,6 +53,7 @@ from services.persistence.store import DatabaseUnavailable, Store, describe_url,
 
 STORED_EVENTS: tuple[type[Message], ...] = tuple(Store.WRITERS)
 T = TypeVar("T")
+WATCH_INTERVAL_S = 0.5
 MAX_UNSTORED = 1_000_000  # keys of journaled, refused events remembered (8 bytes each)
 
 
@@ -84,7 +85,7 @@ class Persistence:
 
     def configure(self, settings: Settings) -> None:
         """At start and on each reload."""
-        self.watch.alert_after_s = settings.storage_alert_after_s
+        self.watch.window_s = settings.storage_alert_after_s
         self._max_pages = settings.sqlite_max_pages
 
     async def open(self, data_dir: Path, settings: Settings) -> None:
@@ -172,6 +173,12 @@ class Persistence:
         await self._tell(self.watch.succeeded())
         return result
 
+    async def watch_storage(self) -> None:
+        """A recovery is known by time passing without failures: look now and then."""
+        while True:
+            await self.clock.sleep(WATCH_INTERVAL_S)
+            await self._tell(self.watch.poll())
+
     async def _tell(self, health: StorageHealth | None) -> None:
         if health is None:
             return
@@ -250,6 +257,8 @@ def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
     @service.teardown
     async def close_store() -> None:
         await p.close()
+
+    service.task(p.watch_storage)
 
     # --- what it listens to: every stored event type, in batches ----------------------
 

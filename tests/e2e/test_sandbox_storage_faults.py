@@ -30,7 +30,7 @@ def toml(persistence_settings: str) -> str:
         FAST_CORE
         + f"""
 [services.persistence.settings]
-storage_alert_after_s = 0.5
+storage_alert_after_s = 6  # above the gateway's longest retransmit interval (5 s)
 {persistence_settings}
 
 [services.heartbeat]
@@ -107,7 +107,7 @@ def test_a_full_disk_keeps_events_in_the_outbox_alerts_once_and_loses_nothing(
         box.wait_connected()
         posted: list[str] = []
         post_burst(box, posted)
-        wait_for(lambda: admin_lines(box, ALERT), 20, "the storage alert in #admin")
+        wait_for(lambda: admin_lines(box, ALERT), 40, "the storage alert in #admin")
         assert "database or disk is full" in admin_lines(box, ALERT)[0]
         # Refused, not lost: the gateway still holds what persistence could not store.
         waiting = wait_for(lambda: gateway_unacked(box), 5, "events in the gateway's outbox")
@@ -123,7 +123,7 @@ def test_a_full_disk_keeps_events_in_the_outbox_alerts_once_and_loses_nothing(
             30,
             "every message stored",
         )
-        wait_for(lambda: admin_lines(box, RECOVERED), 20, "the recovery in #admin")
+        wait_for(lambda: admin_lines(box, RECOVERED), 40, "the recovery in #admin")
         check_nothing_missing_or_doubled(box, posted, box.db("SELECT id FROM messages"))
         assert len(admin_lines(box, ALERT)) == 1 and len(admin_lines(box, RECOVERED)) == 1
     finally:
@@ -167,7 +167,7 @@ def test_a_postgresql_restart_mid_burst_alerts_once_and_loses_nothing(
             print(f"PostgreSQL stopped after {len(posted)} messages posted")
         finally:
             burst.join(60)
-        wait_for(lambda: admin_lines(box, ALERT), 20, "the storage alert in #admin")
+        wait_for(lambda: admin_lines(box, ALERT), 40, "the storage alert in #admin")
         waiting = wait_for(lambda: gateway_unacked(box), 5, "events in the gateway's outbox")
         print(f"PostgreSQL down: {waiting} events waiting in the gateway's outbox")
 
@@ -177,7 +177,7 @@ def test_a_postgresql_restart_mid_burst_alerts_once_and_loses_nothing(
             30,
             "every message stored",
         )
-        wait_for(lambda: admin_lines(box, RECOVERED), 20, "the recovery in #admin")
+        wait_for(lambda: admin_lines(box, RECOVERED), 40, "the recovery in #admin")
         check_nothing_missing_or_doubled(box, posted, pg_rows(postgres.url))
         assert len(admin_lines(box, ALERT)) == 1 and len(admin_lines(box, RECOVERED)) == 1
         assert box.service("persistence")["restarts"] == 0  # it waited; it did not crash
