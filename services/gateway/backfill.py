@@ -62,8 +62,9 @@ READABLE = {"text", "news", "voice", "stage", "10", "11", "12"}
 THREAD_TYPES = {10, 11, 12}
 # Discord's times and ours may differ a little: read this much more before a gap.
 MARGIN_S = 60.0
-# A page holding messages this close to the READY waits this long for their live events.
-SETTLE_WINDOW_S = 5.0
+# A page holding messages from after the READY, or this fresh, waits this long for their
+# live events.
+SETTLE_WINDOW_S = 2.0
 SETTLE_S = 1.0
 GUILDS_WAIT_S = 30.0  # for GUILD_CREATE (and member chunks) after a READY
 MAX_SEEN_LIVE = 200_000
@@ -250,7 +251,7 @@ class Backfill:
                 self._note_joins(gap, gid, d.get("members") or [])
             if event == "GUILD_CREATE":
                 for t in d.get("threads") or []:
-                    if isinstance(t, dict) and t.get("type") in THREAD_TYPES:
+                    if isinstance(t, dict) and t.get("type") in THREAD_TYPES and t.get("id"):
                         gap.threads[str(t["id"])] = gid
                 self.guilds_pending.discard(gid)
                 if not self.guilds_pending:
@@ -260,16 +261,13 @@ class Backfill:
         known = (self.baseline.get(gid) or {}).get("members") or {}
         for m in members:
             user = m.get("user") if isinstance(m, dict) else None
-            if not isinstance(user, dict) or str(user.get("id")) in known:
+            uid = str(user.get("id") or "") if isinstance(user, dict) else ""
+            if not uid or uid in known:
                 continue
             at = timestamp(m.get("joined_at"), 0.0)
             if at > gap.since():
-                name = str(user.get("global_name") or user.get("username") or user["id"])
-                gap.joins.setdefault(gid, {})[str(user["id"])] = [
-                    name,
-                    bool(user.get("bot", False)),
-                    at,
-                ]
+                name = str(user.get("global_name") or user.get("username") or uid)
+                gap.joins.setdefault(gid, {})[uid] = [name, bool(user.get("bot", False)), at]
 
     # --- the task ------------------------------------------------------------------------
 
@@ -419,6 +417,7 @@ class Backfill:
         guild = self.gw.guilds.get(gid)
         if guild is not None:
             guild.bans, guild.banned = len(bans), set(bans)
+            self.gw.counts_dirty.add(gid)  # the ban counter may have moved during the gap
         return bans
 
     async def _name(self, uid: str) -> str:
@@ -494,9 +493,10 @@ class Backfill:
                 gap.truncated = True
             plan.done = True
             return []
-        if any(timestamp(m.get("timestamp"), 0.0) >= gap.end - SETTLE_WINDOW_S for m in found):
-            # Sent around the READY: if after it, its live event is on its way. Let it come,
-            # so it is neither fed twice nor taken for a late one.
+        fresh = self.service.clock.wall() - SETTLE_WINDOW_S
+        if any(timestamp(m.get("timestamp"), 0.0) >= min(gap.end, fresh) for m in found):
+            # Sent after the READY, or just now: its live event may be on its way. Let it
+            # come, so the message is neither fed twice nor taken for a late one.
             await anyio.sleep(SETTLE_S)
             plan.stop = plan.stop or self.live_floor.get(cid)
             if plan.stop is not None:

@@ -392,3 +392,20 @@ async def test_without_a_known_ban_list_only_members_who_vanished_banned_count_a
     assert [e.user_id for e in service.of(MemberBanned)] == ["12"]
     assert [e.user_id for e in service.of(MemberLeft)] == ["12"]
     assert service.of(MemberUnbanned) == []
+
+
+async def test_a_message_sent_after_the_ready_is_left_to_its_live_event() -> None:
+    discord, store = FakeDiscord(), FakeStore(newest={GENERAL: "1000"})
+    for mid, at in ((1001, START + 1), (1002, START + 2), (1003, T0 + 1)):
+        discord.post(GENERAL, mid, at)
+    bf, service = backfill(discord, store)
+    bf.gap_found(START, T0, "session-2", [])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bf.run)
+        await eventually(lambda: discord.reads, 5, "the first page")
+        # The page came back holding 1003, whose MESSAGE_CREATE arrives a moment later.
+        dispatch(bf, "MESSAGE_CREATE", {**discord.history[GENERAL][-1], "guild_id": G})
+        await eventually(lambda: [r for r in service.of(GapBackfilled) if r.done], 5)
+        tg.cancel_scope.cancel()
+    assert ids(service.of(MessageCreated)) == [1001, 1002]  # not 1003: it came live
+    assert [r.messages for r in service.of(GapBackfilled) if r.done] == [2]
