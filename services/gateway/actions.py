@@ -101,6 +101,9 @@ class Actions:
             reason = REASON_BY_CODE.get(exc.code) or REASON_BY_STATUS.get(exc.status)
             detail = f"{exc.status} (code {exc.code}) {exc.text or exc}"
             raise Refused(reason or "discord_error", detail) from None
+        except (OSError, aiohttp.ClientError) as exc:
+            # A connection reset or refused under py-cord: worth a retry, never a crash.
+            raise Refused("not_connected", f"Discord could not be reached: {exc!r}") from None
 
     async def edit_original(
         self, inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None

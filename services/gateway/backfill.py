@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from loguru import logger
 
 from protocol.discord import (
@@ -280,9 +281,16 @@ class Backfill:
             gap = self.gap
             if gap is None:
                 continue
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                await self._fill(gap)
+            try:
+                with anyio.CancelScope() as scope:
+                    self._scope = scope
+                    await self._fill(gap)
+            except Exception:
+                # Live events matter more: a backfill that fails for good is given up (what
+                # it fed is stored, and the report says not all) rather than crash-looping.
+                logger.exception("backfill of gap {} failed: given up", gap.id)
+                gap.truncated = True
+                await self._finish(gap)
             self._scope = None
 
     async def _fill(self, gap: Gap) -> None:
@@ -306,6 +314,12 @@ class Backfill:
                 await self._save(gap, events)
                 if not plan.done and self.settings.backfill_page_pause_s:
                     await anyio.sleep(self.settings.backfill_page_pause_s)
+        await self._finish(gap)
+
+    async def _finish(self, gap: Gap) -> None:
+        """The report, and the progress cleared, in one outbox transaction."""
+        # A READY that lengthened this gap meanwhile cancels us here, before it is dropped.
+        await anyio.lowlevel.checkpoint()
         report = gap.report(self.service.clock.wall(), done=True)
         logger.info("backfill done: {}", report.line())
         self.gap, self.baseline, self._lookups = None, {}, 0

@@ -409,3 +409,17 @@ async def test_a_message_sent_after_the_ready_is_left_to_its_live_event() -> Non
         tg.cancel_scope.cancel()
     assert ids(service.of(MessageCreated)) == [1001, 1002]  # not 1003: it came live
     assert [r.messages for r in service.of(GapBackfilled) if r.done] == [2]
+
+
+async def test_a_backfill_that_fails_for_good_is_given_up_not_crash_looped() -> None:
+    discord, store = FakeDiscord(), FakeStore(newest={GENERAL: "1000"})
+
+    async def broken(*_: Any, **__: Any) -> list[dict[str, Any]]:
+        raise ValueError("a bug, or a payload nobody expected")
+
+    discord.logs_from = broken  # type: ignore[method-assign]
+    bf, service = backfill(discord, store)
+    bf.gap_found(START, T0, "session-2", [])
+    report = await finished(bf, service)
+    assert report.truncated and report.messages == 0
+    assert service.meta[PROGRESS_KEY] == "" and bf.gap is None
