@@ -73,23 +73,25 @@ def gap_lines(box: Sandbox) -> list[str]:
     ]
 
 
-def kill_gateway(box: Sandbox, down_s: float = 4.0) -> int:
-    """SIGKILL the gateway and keep Discord's websocket refusing it for `down_s` seconds
-    (an outage), so that what follows happens while no gateway is connected."""
+def kill_gateway(box: Sandbox, down_s: float = 5.0) -> int:
+    """SIGKILL the gateway, keep Discord's websocket refusing it for `down_s` seconds (an
+    outage, so that what follows happens while no gateway is connected), and invalidate
+    every session: its successor's RESUME will be refused."""
     pid = box.service("gateway")["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), 5)
     box.post("gateway/disconnect", {"refuse_s": down_s})
+    assert box.post("gateway/invalidate", {})["sessions"] >= 1
     return pid
 
 
-def back_after_a_refused_resume(box: Sandbox, old_pid: int) -> None:
-    """Every session's next RESUME is refused: the successor identifies afresh."""
-    assert box.get("gateway/sessions")["identifies"] == 1  # all of it happened in the gap
-    assert box.post("gateway/invalidate", {})["sessions"] >= 1
+def back_after_a_refused_resume(box: Sandbox, old_pid: int) -> bool:
+    """The successor identifies afresh; whether all that was done came before it did."""
+    all_in_the_gap = box.get("gateway/sessions")["identifies"] == 1
     box.wait_state("gateway", "RUNNING", pid_not=old_pid, timeout=20)
     wait_for(lambda: box.get("gateway/sessions")["identifies"] == 2, 30, "a fresh IDENTIFY")
     assert box.get("gateway/sessions")["refused_resumes"] >= 1
+    return all_in_the_gap
 
 
 @pytest.mark.action("backfill")
@@ -105,7 +107,7 @@ def test_300_messages_posted_while_the_gateway_was_down_and_its_resume_refused_a
         for i in range(150)
         for channel in ("general", "stats")
     ]
-    back_after_a_refused_resume(sandbox, old)
+    all_in_the_gap = back_after_a_refused_resume(sandbox, old)
     wait_for(lambda: set(posted) <= stored_ids(sandbox), 30, "all 300 messages stored")
     assert sandbox.db("SELECT id FROM messages GROUP BY id HAVING count(*) > 1") == []
     assert len(stored_ids(sandbox) & set(posted)) == 300
@@ -115,10 +117,13 @@ def test_300_messages_posted_while_the_gateway_was_down_and_its_resume_refused_a
     [line] = wait_for(lambda: gap_lines(sandbox), 20, "the gap named in #admin")
     seconds, recovered, _ = GAP_LINE.search(line).groups()  # type: ignore[union-attr]
     assert 4 <= int(seconds) <= time.monotonic() - t0 + 1  # the outage, and no more
+    assert int(recovered) > 0
     # The 300, and what the bot itself posted meanwhile (the heartbeat's embed and alert
     # in #admin go out through the gateway's REST while its websocket is down).
     own = sandbox.bot_messages("admin")
-    assert 300 <= int(recovered) <= 300 + len(own)
+    assert int(recovered) <= 300 + len(own)
+    if all_in_the_gap:  # else a slow machine let some arrive live, after the READY
+        assert int(recovered) >= 300
     everything = {m["id"] for c in ("general", "stats", "admin") for m in sandbox.messages(c)}
     wait_for(lambda: everything <= stored_ids(sandbox), 10, "every message in the guild stored")
     # The history was read with `after`, oldest first, from the newest stored message.
