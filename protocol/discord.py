@@ -135,9 +135,10 @@ class GapBackfilled(Message):
 
     def line(self) -> str:
         """ "gap of 42 s: 300 messages recovered, 1 join" (or "backfilling" while it runs)."""
+        length = f"{self.gap_s:.0f}" if self.gap_s >= 10 else f"{self.gap_s:.1f}"
         if not self.done:
-            return f"gap of {self.gap_s:.0f} s: backfilling from Discord's history"
-        text = f"gap of {self.gap_s:.0f} s: {self.messages} messages recovered"
+            return f"gap of {length} s: backfilling from Discord's history"
+        text = f"gap of {length} s: {self.messages} messages recovered"
         for n, word in (
             (self.joined, "join"),
             (self.left, "leave"),

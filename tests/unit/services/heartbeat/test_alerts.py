@@ -196,8 +196,8 @@ def test_a_backfilled_gap_is_one_line_once_even_when_redelivered_and_shows_in_th
     assert content == (
         "**Recovered**\n✅ gap of 42 s: 300 messages recovered, 1 join, 1 leave, 1 ban"
     )
-    running = GapBackfilled("s-2", 7.0, 0, done=False, at=clock.t)
-    assert running.line() == "gap of 7 s: backfilling from Discord's history"
+    running = GapBackfilled("s-2", 7.04, 0, done=False, at=clock.t)
+    assert running.line() == "gap of 7.0 s: backfilling from Discord's history"
     snap = Snapshot(
         at=clock.t + 120,
         status=HEALTHY,
