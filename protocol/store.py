@@ -44,6 +44,13 @@ class Counts(Message):
     db_bytes: int | None
 
 
+@message("store.newest.ids")
+@dataclass(frozen=True, slots=True)
+class NewestStored(Message):
+    newest: dict[str, str]  # channel id -> the id of its newest stored message
+    dm_channels: list[str] = field(default_factory=list)  # the DM channels among them
+
+
 @message("store.kv.value")
 @dataclass(frozen=True, slots=True)
 class KvValue(Message):
@@ -90,6 +97,16 @@ class ReplyChain(Request[StoredMessages]):
 
     message_id: str
     limit: int = 20
+
+
+@message("store.newest_messages")
+@dataclass(frozen=True, slots=True)
+class NewestMessages(Request[NewestStored]):
+    """The newest stored message of every channel (deleted ones count; ones known only
+    from an edit or a delete do not), below `below[channel]` where given: where the
+    gateway's backfill after a gap starts."""
+
+    below: dict[str, str] = field(default_factory=dict)  # channel id -> message id
 
 
 @message("store.member_events")

@@ -50,6 +50,7 @@ class DiscordEmulator:
         self.llm_url = llm_url
         self.world = World()
         self.world.now = self.clock.now
+        self.world.wall = self.clock.wall
         self.gateway = Gateway(self.world, self.clock, lambda: self.token)
         self.world.dispatch = self.gateway.dispatch
         self.rest = RestApi(

@@ -88,9 +88,9 @@ class FormError(WorldError):
         return f"Invalid Form Body: {self.field}: {self.detail}"
 
 
-def iso_now() -> str:
+def iso_at(wall: float) -> str:
     """Discord timestamps are ISO-8601 with an explicit UTC offset."""
-    return datetime.now(UTC).isoformat()
+    return datetime.fromtimestamp(wall, UTC).isoformat()
 
 
 class Snowflakes:
@@ -183,6 +183,9 @@ class World:
         self.dispatch: Callable[[str, dict[str, Any]], None] = lambda event, data: None
         #: The emulator's clock (what interaction tokens expire by); the emulator wires it.
         self.now: Callable[[], float] = time.monotonic
+        #: Epoch seconds on the same clock: message and join timestamps (POST clock moves
+        #: them with every service's clock, as Discord's own time and the bot's agree).
+        self.wall: Callable[[], float] = time.time
         self.guild_id = self.ids.next()
         self.guild_name = guild_name
         self.admin_role_id = self.ids.next()
@@ -211,6 +214,9 @@ class World:
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.interactions: dict[str, Interaction] = {}
         self.interactions_by_token: dict[str, str] = {}
+
+    def iso_now(self) -> str:
+        return iso_at(self.wall())
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -311,7 +317,7 @@ class World:
             channel_id=channel_id,
             author_id=author_id,
             content=content,
-            timestamp=iso_now(),
+            timestamp=self.iso_now(),
             embeds=list(embeds or []),
             attachments=list(attachments or []),
             components=list(components or []),
@@ -340,7 +346,7 @@ class World:
             msg.components = list(changes["components"] or [])
         if "flags" in changes and isinstance(changes["flags"], int):
             msg.flags = (msg.flags & 64) | (changes["flags"] & ~64)
-        msg.edited_at = iso_now()
+        msg.edited_at = self.iso_now()
         if not msg.ephemeral:
             self.dispatch("MESSAGE_UPDATE", self.message_payload(msg))
         return msg
@@ -365,7 +371,7 @@ class World:
         self.user(user_id)
         if user_id in self.members:
             raise WorldError("User is already a member")
-        self.members[user_id] = Member(user_id=user_id, roles=[], joined_at=iso_now())
+        self.members[user_id] = Member(user_id=user_id, roles=[], joined_at=self.iso_now())
         self.dispatch(
             "GUILD_MEMBER_ADD", {**self.member_payload(user_id), "guild_id": self.guild_id}
         )
@@ -712,7 +718,7 @@ class World:
         user = User(id=self.ids.next(), username=username, bot=bot)
         self.users[user.id] = user
         self.members[user.id] = Member(
-            user_id=user.id, roles=list(roles or []), joined_at=iso_now(), status=status
+            user_id=user.id, roles=list(roles or []), joined_at=self.iso_now(), status=status
         )
         return user
 

@@ -207,6 +207,7 @@ class AlertGroup:
     first_at: float | None = None
 
     def add(self, alerts: list[Alert]) -> None:
+        alerts = [a for a in alerts if a not in self.pending]  # a redelivered event
         if alerts and self.first_at is None:
             self.first_at = self.now()
         self.pending += alerts
@@ -220,7 +221,7 @@ class AlertGroup:
 
     def put_back(self, alerts: list[Alert]) -> None:
         """Sending failed: they go out with the next try, ahead of newer ones."""
-        self.pending = alerts + self.pending
+        self.pending = alerts + [a for a in self.pending if a not in alerts]
         if self.pending and self.first_at is None:
             self.first_at = self.now()
 

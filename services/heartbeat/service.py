@@ -1,10 +1,11 @@
 """The heartbeat service: one status embed for admins, alerts when something breaks.
 
 Listens to: `supervisor.status` (every service's state, pushed at each transition
-and every few seconds), `discord.connection` (state, latency), `discord.guild.ready`
-(to find the admin channel; retained, so it arrives at start too), `store.health`
-(persistence refusing writes, and writing again; retained too), and the `/status`
-and `/restart` commands.
+and every few seconds), `discord.connection` (state, latency), `discord.gap.backfilled`
+(what the gateway recovered after Discord refused to resume: one line in the admin
+channel), `discord.guild.ready` (to find the admin channel; retained, so it arrives at
+start too), `store.health` (persistence refusing writes, and writing again; retained
+too), and the `/status` and `/restart` commands.
 Does: looks at each status it gets, with the host's memory and disk (sampled every
 `check_s`, health.py), for crashes, FATAL services, flapping, open breakers, memory
 and disk (alerts.py); every `interval_s` edits the status embed in place (embed.py)
@@ -38,6 +39,7 @@ from protocol.discord import (
     CommandInvoked,
     ConnectionState,
     EditMessage,
+    GapBackfilled,
     GuildReady,
     SendMessage,
 )
@@ -72,6 +74,7 @@ class Heartbeat:
         self.host: HostSample | None = None
         self.connection: ConnectionState | None = None
         self.storage: StorageHealth | None = None
+        self.gap: GapBackfilled | None = None  # the gateway's latest backfill after a gap
         self.channels: list[dict[str, Any]] = []
         self.admin_channel_id: str | None = None
         self.status_message: dict[str, str] | None = None  # {channel_id, message_id}
@@ -122,6 +125,15 @@ class Heartbeat:
             logger.warning("alerts: {}", "; ".join(a.text for a in alerts))
             self.group.add(alerts)
             self.state_dirty = True
+
+    async def on_gap(self, msg: GapBackfilled) -> None:
+        """The gateway read back what Discord did not send during a gap: once it is done,
+        one line in the admin channel (through the alert group, saved across restarts)."""
+        self.gap = msg
+        if not msg.done:
+            return
+        self.group.add([Alert(f"gap:{msg.gap_id}", msg.line(), recovery=True)])
+        self.state_dirty = True
 
     async def on_guild_ready(self, msg: GuildReady) -> None:
         self.channels = list(msg.channels)
@@ -205,6 +217,7 @@ class Heartbeat:
             host=self.host,
             cpu=self.cpu.read(service_pids(status.services if status else [])),
             connection=self.connection,
+            gap=self.gap,
             db_bytes=self.db_bytes,
             llm=self.llm,
         )
@@ -353,6 +366,7 @@ def build(clock: Clock | None = None) -> tuple[Service, Heartbeat]:
     service.event(SupervisorStatus)(heartbeat.on_status)
     service.event(ConnectionState)(heartbeat.on_connection)
     service.event(StorageHealth)(heartbeat.on_storage)
+    service.event(GapBackfilled)(heartbeat.on_gap)
     service.event(GuildReady)(heartbeat.on_guild_ready)
     service.command("status")(heartbeat.on_status_command)
     service.command("restart")(heartbeat.on_restart_command)

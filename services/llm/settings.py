@@ -125,6 +125,9 @@ class Settings(ServiceSettings):
     # All retries included; the gateway waits 120 s for /ask.
     answer_deadline_s: float = setting(100.0, min=1, max=120)
     usage_window_s: float = setting(7 * 86400.0, min=60)
+    # A question the gateway found in Discord's history after a gap is answered (late,
+    # and saying so) only if it is younger than this; older ones are left unanswered.
+    late_answer_max_age_s: float = setting(600.0, min=0)
 
 
 def base_url(settings: Settings) -> str:

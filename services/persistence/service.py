@@ -38,6 +38,8 @@ from protocol.store import (
     KvValue,
     MemberEventList,
     MemberEvents,
+    NewestMessages,
+    NewestStored,
     RecentMessages,
     ReplyChain,
     StorageHealth,
@@ -284,6 +286,10 @@ def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
         return StoredMessages(
             await p.query(lambda: p.queries().reply_chain(req.message_id, req.limit))
         )
+
+    @service.request(NewestMessages)
+    async def newest_messages(req: NewestMessages) -> NewestStored:
+        return await p.run(lambda: p.queries().newest_messages(req.below))
 
     @service.request(MemberEvents)
     async def member_events(req: MemberEvents) -> MemberEventList:

@@ -43,7 +43,7 @@ from protocol.discord import (
     MessageEdited,
 )
 from protocol.messages import Message
-from protocol.store import Counts, KvSet, LlmExchange, MemberEventList, Usage
+from protocol.store import Counts, KvSet, LlmExchange, MemberEventList, NewestStored, Usage
 from services.persistence.journal import to_json
 from services.persistence.models import (
     Channel,
@@ -633,6 +633,45 @@ class Store:
             kept.append(_message_dict(row))
         kept.reverse()
         return kept
+
+    def newest_messages(self, below: dict[str, str]) -> NewestStored:
+        """The id of each channel's newest stored message (ids compare as numbers), below
+        `below[channel]` where given; and which of those channels are DMs."""
+        m = StoredMessage
+        created = m.created_at.is_null(False)
+        with self._unavailable_on_error():
+            longest = (
+                m.select(m.channel_id, fn.MAX(fn.LENGTH(m.id)).alias("n"))
+                .where(created)
+                .group_by(m.channel_id)
+                .alias("longest")
+            )
+            newest: dict[str, str] = dict(
+                m.select(m.channel_id, fn.MAX(m.id))
+                .join(
+                    longest,
+                    on=(m.channel_id == longest.c.channel_id) & (fn.LENGTH(m.id) == longest.c.n),
+                )
+                .where(created)
+                .group_by(m.channel_id)
+                .tuples()
+            )
+            for channel_id, bound in below.items():
+                if channel_id not in newest:
+                    continue
+                found = (
+                    m.select(m.id)
+                    .where((m.channel_id == channel_id) & created & _id_before(bound))
+                    .order_by(fn.LENGTH(m.id).desc(), m.id.desc())
+                    .limit(1)
+                    .scalar()
+                )
+                if found is None:
+                    del newest[channel_id]
+                else:
+                    newest[channel_id] = found
+            dms = [c for (c,) in Channel.select(Channel.id).where(Channel.is_dm == True).tuples()]  # noqa: E712
+        return NewestStored(newest, sorted(c for c in dms if c in newest))
 
     def reply_chain(self, message_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The message and those it replies to, transitively, oldest first. Deleted ones

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from protocol.discord import ConnectionState
+from protocol.discord import ConnectionState, GapBackfilled
 from protocol.messages import SupervisorStatus
 from protocol.store import StorageHealth, Usage
 from services.heartbeat.alerts import (
@@ -199,3 +199,29 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
     summary = summary_text(snap)
     assert summary.startswith("Having trouble: 1/2 services running")
     assert "exit 1" not in summary and "100" not in summary
+
+
+def test_a_backfilled_gap_is_one_line_once_even_when_redelivered_and_shows_in_the_embed():
+    clock = Clock()
+    group = AlertGroup(clock, group_s=1.0)
+    done = GapBackfilled("s-1", 42.4, 300, joined=1, banned=1, left=1, at=clock.t)
+    line = Alert(f"gap:{done.gap_id}", done.line(), recovery=True)
+    group.add([line])
+    group.add([line])  # the event delivered again after a restart
+    group.put_back([line])  # and the saved pending alerts restored
+    content, _ = alert_message(group.take(), None)
+    assert content == (
+        "**Recovered**\n✅ gap of 42 s: 300 messages recovered, 1 join, 1 leave, 1 ban"
+    )
+    running = GapBackfilled("s-2", 7.04, 0, done=False, at=clock.t)
+    assert running.line() == "gap of 7.0 s: backfilling from Discord's history"
+    snap = Snapshot(
+        at=clock.t + 120,
+        status=HEALTHY,
+        connection=ConnectionState("connected", 40.0, clock.t + 120),
+        gap=done,
+    )
+    discord = next(f for f in status_embed(snap)["fields"] if f["name"] == "Discord")
+    assert discord["value"].splitlines()[1].startswith("gap of 42 s: 300 messages recovered")
+    assert "ago" in discord["value"]
+    assert "300 messages recovered" in summary_text(snap)

@@ -229,6 +229,22 @@ def test_reply_chain_follows_replies_oldest_first_up_to_limit(store: Store) -> N
     assert store.reply_chain("404") == []
 
 
+def test_newest_message_of_each_channel_compares_ids_as_numbers_and_honours_bounds(
+    store: Store,
+) -> None:
+    store.apply(MessageCreated.TYPE, [created(i) for i in (9, 10, 11, 100)])  # "9" > "100"
+    store.apply(MessageCreated.TYPE, [created(5, channel_id="quiet", channel_name="quiet")])
+    dm = created(7, guild_id=None, channel_id="300", is_dm=True, channel_name=None)
+    store.apply(MessageCreated.TYPE, [dm])
+    store.apply(MessageDeleted.TYPE, [deleted(100, 200.0)])  # deleted: its create was seen
+    store.apply(MessageEdited.TYPE, [edited(500, "edit only", 300.0)])  # no create: not stored
+    answer = store.newest_messages({})
+    assert answer.newest == {C: "100", "quiet": "5", "300": "7"}
+    assert answer.dm_channels == ["300"]
+    bounded = store.newest_messages({C: "100", "quiet": "5", "unknown": "1"})
+    assert bounded.newest == {C: "11", "300": "7"}  # nothing in "quiet" below 5
+
+
 def test_member_events_in_a_time_range(store: Store) -> None:
     apply_grouped(store, workload())
     answer = store.member_events(G, 11.0, 30.0)
