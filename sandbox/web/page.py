@@ -402,6 +402,8 @@ class SandboxPage:
 
     async def restart(self, request: web.Request) -> web.Response:
         sup = self._require_supervisor()
+        if request.match_info["name"] not in sup.procs:
+            raise NotFound(f"no service named {request.match_info['name']!r}")
         ok, detail = sup.restart(request.match_info["name"])
         return web.json_response({"ok": ok, "detail": detail}, status=200 if ok else 409)
 

@@ -157,3 +157,24 @@ def test_healthz_says_503_and_why_while_the_critical_service_is_down(tmp_path: P
         assert answers[-1][0] == 200 or fetch(healthz)[0] == 200
     finally:
         box.cleanup()
+
+
+def test_chaos_from_the_page_kills_running_services_in_turn_and_all_come_back(
+    box: Sandbox,
+) -> None:
+    assert box.post("chaos", {"every_s": 1, "for_s": 2.5})["running"] is True
+    chaos = wait_for(
+        lambda: (c := box.get("health")["chaos"]) and not c["running"] and c, 10, "chaos to end"
+    )
+    killed = [k["service"] for k in chaos["kills"]]
+    assert sorted(killed) == ["gateway", "llm", "persistence"]  # each once, not one thrice
+    status = box.wait_all_running()
+    for s in status["services"]:
+        assert s["restarts"] == 1 and s["last_exit"] == "killed by SIGKILL", s
+    assert box.get("health")["healthy"] is True
+    # One service by hand, and the answers for a name that is not a service.
+    pid = box.post("services/llm/kill", {})["pid"]
+    box.wait_state("llm", "RUNNING", pid_not=pid)
+    for path in ("services/nope/kill", "services/nope/restart"):
+        with pytest.raises(AssertionError, match=r": 404 "):
+            box.post(path, {})
