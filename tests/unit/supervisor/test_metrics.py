@@ -4,6 +4,7 @@ its services' state machines driven by hand (no processes)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,31 +89,37 @@ def test_healthz_is_200_while_every_critical_service_runs_and_503_with_the_reaso
     anyio.run(main)
 
 
+async def populated_scrape(tmp_path: Path) -> str:
+    """A scrape of a supervisor whose services ran, crashed, reported and were subscribed."""
+    sup = Supervisor(config(tmp_path))
+    url = await sup.serve_metrics()
+    assert url is not None
+    try:
+        db, web = sup.procs["db"], sup.procs["web"]
+        running(db)
+        running(web)
+        crash(web)
+        running(web, 3.0)
+        db.channels = [
+            {"peer": "web", "breaker": "open", "sent": 5, "failed": 2, "retried": 1,
+             "dropped": 0, "acked": 3, "unacked": 2, "connected": True},
+        ]  # fmt: skip
+        db.figures = {"messages_stored_total": 7, "Not A Name": 1, "queue_depth": 3}
+        sup.metrics.observe(LlmExchange("1", None, None, "u", "m", 10, 20, 1500.0, "ok", 0))
+        sup.metrics.observe(LlmExchange("2", None, None, "u", "m", 5, 0, 30.0, "timeout", 0))
+        sup.metrics.observe(ConnectionState("connected", 42.0, 0.0))
+        status, text = await get(url)
+    finally:
+        await sup.metrics_server.stop()  # type: ignore[union-attr]
+    assert status == 200
+    return text
+
+
 def test_metrics_show_state_restarts_memory_channels_figures_and_subscribed_events(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        sup = Supervisor(config(tmp_path))
-        url = await sup.serve_metrics()
-        assert url is not None
-        try:
-            db, web = sup.procs["db"], sup.procs["web"]
-            running(db)
-            running(web)
-            crash(web)
-            running(web, 3.0)
-            db.channels = [
-                {"peer": "web", "breaker": "open", "sent": 5, "failed": 2, "retried": 1,
-                 "dropped": 0, "acked": 3, "unacked": 2, "connected": True},
-            ]  # fmt: skip
-            db.figures = {"messages_stored_total": 7, "Not A Name": 1, "queue_depth": 3}
-            sup.metrics.observe(LlmExchange("1", None, None, "u", "m", 10, 20, 1500.0, "ok", 0))
-            sup.metrics.observe(LlmExchange("2", None, None, "u", "m", 5, 0, 30.0, "timeout", 0))
-            sup.metrics.observe(ConnectionState("connected", 42.0, 0.0))
-            status, text = await get(url)
-        finally:
-            await sup.metrics_server.stop()  # type: ignore[union-attr]
-        assert status == 200
+        text = await populated_scrape(tmp_path)
         m = samples(text)
         assert m[("bot_service_up", (("service", "db"),))] == 1
         assert m[("bot_service_up", (("service", "web"),))] == 1
@@ -223,3 +230,14 @@ def test_supervisor_subscriptions_join_the_topology(tmp_path: Path) -> None:
     cfg = config(tmp_path, subscribes=["llm.exchange"], metrics_address="[::1]:9464")
     assert cfg.supervisor.metrics_address == "[::1]:9464"
     assert cfg.topology().subscribers == {"llm.exchange": ["supervisor"]}
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_supervisor_exports(
+    tmp_path: Path,
+) -> None:
+    dashboard = (
+        Path(__file__).resolve().parents[3] / "deploy" / "grafana-dashboard.json"
+    ).read_text()
+    queried = set(re.findall(r"\b(?:bot|process)_[a-z_]+", dashboard))
+    exported = {name for name, _ in samples(anyio.run(populated_scrape, tmp_path))}
+    assert queried and queried <= exported, queried - exported
