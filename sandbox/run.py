@@ -54,7 +54,8 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
     if not is_loopback(host):
         logger.warning(
             "sandbox: --host {}: the emulator and the OpenAI stand-in are reachable beyond "
-            "this machine, and anyone who reaches them can read and post as the bot",
+            "this machine, and anyone who reaches them can read and post as the bot, and "
+            "kill its services from the web page",
             host,
         )
     emulator = DiscordEmulator(host=host, port=port, token=TOKEN)

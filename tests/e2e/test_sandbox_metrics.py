@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,12 +22,18 @@ from tests.support.harness import ROOT, wait_for
 from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox
 
 SUBSCRIBES = 'subscribes = ["llm.exchange", "discord.connection"]\n'
-TOML = FAST_CORE.replace("[supervisor]\n", "[supervisor]\n" + SUBSCRIBES, 1) + LLM_TABLE
+TOML = (
+    FAST_CORE.replace("[supervisor]\n", "[supervisor]\n" + SUBSCRIBES, 1).replace(
+        'module = "services.persistence"\n', 'module = "services.persistence"\ncritical = true\n'
+    )
+    + LLM_TABLE
+)
 
 
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path, TOML)
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """One sandbox for this module's tests: each looks at what changes, not at totals."""
+    sandbox = Sandbox(tmp_path_factory.mktemp("metrics"), TOML)
     try:
         sandbox.wait_all_running()
         sandbox.wait_connected()
@@ -94,29 +99,36 @@ def test_metrics_show_llm_up_and_its_restart_after_a_sigkill(box: Sandbox) -> No
     after = scrape(url)
     assert after[("bot_service_restarts_total", svc("llm"))] == before + 1
     assert after[("bot_service_up", svc("llm"))] == 1
-    assert fetch(url.removesuffix("/metrics") + "/healthz") == (200, "ok: 3 services running\n")
+    healthz = url.removesuffix("/metrics") + "/healthz"
+    assert wait_for(lambda: fetch(healthz) == (200, "ok: 3 services running\n"), 10)
 
 
 def test_metrics_count_answers_their_latency_tokens_and_stored_messages(box: Sandbox) -> None:
     url = metrics_url(box)
+    ok = frozenset({("outcome", "ok")})
+    before = scrape(url)
     box.say(f"<@{box.state['bot_user_id']}> how fast are you?")
-    wait_for(lambda: box.bot_messages(), 20, "the bot's answer")
+    wait_for(lambda: any("how fast" in m["content"] for m in box.bot_messages()), 20, "answer")
 
     def answered() -> dict | None:
         m = scrape(url)
-        ok = frozenset({("outcome", "ok")})
-        return m if m.get(("bot_llm_answers_total", ok), 0) >= 1 else None
+        return (
+            m
+            if m.get(("bot_llm_answers_total", ok), 0)
+            > before.get(("bot_llm_answers_total", ok), 0)
+            else None
+        )
 
     m = wait_for(answered, 10, "the answer counted")
     assert m[("bot_llm_answer_latency_seconds_count", frozenset())] >= 1
     prompt = frozenset({("outcome", "ok"), ("kind", "prompt")})
     assert m[("bot_llm_tokens_total", prompt)] > 0
-    stored = wait_for(
-        lambda: scrape(url).get(("bot_messages_stored_total", svc("persistence")), 0) >= 2,
+    stored = ("bot_messages_stored_total", svc("persistence"))
+    wait_for(
+        lambda: scrape(url).get(stored, 0) >= before.get(stored, 0) + 2,
         10,
         "alice's message and the answer counted as stored",
     )
-    assert stored
     m = wait_for(
         lambda: (m := scrape(url)).get(("bot_discord_connected", frozenset())) == 1 and m,
         20,
@@ -125,43 +137,37 @@ def test_metrics_count_answers_their_latency_tokens_and_stored_messages(box: San
     assert m[("bot_discord_latency_seconds", frozenset())] >= 0
 
 
-def test_healthz_says_503_and_why_while_the_critical_service_is_down(tmp_path: Path) -> None:
-    toml = TOML.replace(
-        'module = "services.persistence"', 'module = "services.persistence"\ncritical = true'
-    )
-    box = Sandbox(tmp_path, toml)
+def test_healthz_says_503_and_why_while_the_critical_service_is_down(box: Sandbox) -> None:
+    healthz = metrics_url(box).removesuffix("/metrics") + "/healthz"
+    assert fetch(healthz)[0] == 200
+    answers: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            answers.append(fetch(healthz))
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
     try:
-        box.wait_all_running()
-        healthz = metrics_url(box).removesuffix("/metrics") + "/healthz"
-        assert fetch(healthz)[0] == 200
-        answers: list[tuple[int, str]] = []
-        done = threading.Event()
-
-        def poll() -> None:
-            while not done.is_set():
-                answers.append(fetch(healthz))
-                time.sleep(0.005)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
-        try:
-            old = box.service("persistence")
-            os.kill(old["pid"], signal.SIGKILL)
-            box.wait_state("persistence", "RUNNING", pid_not=old["pid"])
-        finally:
-            done.set()
-            poller.join()
-        down = [body for status, body in answers if status == 503]
-        assert down, f"no 503 among {len(answers)} answers while persistence restarted"
-        assert all(body.startswith("unavailable: persistence is ") for body in down)
-        assert answers[-1][0] == 200 or fetch(healthz)[0] == 200
+        old = box.service("persistence")
+        os.kill(old["pid"], signal.SIGKILL)
+        box.wait_state("persistence", "RUNNING", pid_not=old["pid"])
     finally:
-        box.cleanup()
+        done.set()
+        poller.join()
+    down = [body for status, body in answers if status == 503]
+    assert down, f"no 503 among {len(answers)} answers while persistence restarted"
+    assert all(body.startswith("unavailable: persistence is ") for body in down)
+    wait_for(lambda: fetch(healthz)[0] == 200, 10, "healthz 200 again")
 
 
 def test_chaos_from_the_page_kills_running_services_in_turn_and_all_come_back(
     box: Sandbox,
 ) -> None:
+    box.wait_all_running()
+    before = {s["name"]: s["restarts"] for s in box.status()["services"]}
     assert box.post("chaos", {"every_s": 1, "for_s": 2.5})["running"] is True
     chaos = wait_for(
         lambda: (c := box.get("health")["chaos"]) and not c["running"] and c, 10, "chaos to end"
@@ -170,7 +176,7 @@ def test_chaos_from_the_page_kills_running_services_in_turn_and_all_come_back(
     assert sorted(killed) == ["gateway", "llm", "persistence"]  # each once, not one thrice
     status = box.wait_all_running()
     for s in status["services"]:
-        assert s["restarts"] == 1 and s["last_exit"] == "killed by SIGKILL", s
+        assert s["restarts"] == before[s["name"]] + 1 and s["last_exit"] == "killed by SIGKILL", s
     assert box.get("health")["healthy"] is True
     # One service by hand, and the answers for a name that is not a service.
     pid = box.post("services/llm/kill", {})["pid"]

@@ -43,9 +43,9 @@ ARGS = [
 WAIT_MS = 20_000
 
 
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path)  # the default services.toml: every service
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sandbox = Sandbox(tmp_path_factory.mktemp("page"))  # the default services.toml
     try:
         sandbox.wait_all_running(30)
         sandbox.wait_connected()
@@ -60,21 +60,30 @@ def box(tmp_path: Path) -> Iterator[Sandbox]:
         sandbox.cleanup()
 
 
-@pytest.fixture
-def page(box: Sandbox) -> Iterator[sync_api.Page]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
-            tab = browser.new_page(viewport={"width": 1600, "height": 900})
-            errors: list[str] = []
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.goto(f"http://127.0.0.1:{box.port}/")
-            tab.wait_for_selector("#live.on", timeout=WAIT_MS)
-            tab.wait_for_selector('.channel.active[data-name="general"]', timeout=WAIT_MS)
-            yield tab
-            assert errors == [], f"the page's script failed: {errors}"
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture
+def page(box: Sandbox, browser: sync_api.Browser) -> Iterator[sync_api.Page]:
+    """A fresh tab on the sandbox's page, as a person opens it."""
+    tab = browser.new_page(viewport={"width": 1600, "height": 900})
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        tab.goto(f"http://127.0.0.1:{box.port}/")
+        tab.wait_for_selector("#live.on", timeout=WAIT_MS)
+        tab.wait_for_selector('.channel.active[data-name="general"]', timeout=WAIT_MS)
+        yield tab
+        assert errors == [], f"the page's script failed: {errors}"
+    finally:
+        tab.close()
 
 
 def supervisor_says(box: Sandbox, name: str) -> dict:
@@ -117,9 +126,9 @@ def test_a_mention_from_the_page_gets_its_answer_streamed_into_the_page(
 ) -> None:
     mention_the_bot(page, "what does a supervisor do? !long 800")
     bot = box.state["bot_user_id"]
-    sent = wait_for(lambda: box.messages(), 10, "alice's message")[0]
+    content = f"<@{bot}> what does a supervisor do? !long 800"  # the name became an id
+    sent = wait_for(lambda: next((m for m in box.messages() if m["content"] == content), None), 10)
     assert sent["author_id"] == box.users["alice"]
-    assert sent["content"] == f"<@{bot}> what does a supervisor do? !long 800"
     page.wait_for_selector('.msg[data-author="alice"] .mention >> text=@sandbox-bot')
     # The answer appears, then grows in place as the bot edits it (each edit reaches the
     # page as it happens), until it is complete.
@@ -128,7 +137,18 @@ def test_a_mention_from_the_page_gets_its_answer_streamed_into_the_page(
             .some(n => +n.dataset.updates >= 2 && n.querySelector('pre'))""",
         timeout=WAIT_MS,
     )
-    final = wait_for(lambda: (a := box.bot_messages()) and len(a[0]["content"]) >= 750 and a[0], 20)
+    final = wait_for(
+        lambda: next(
+            (
+                m
+                for m in box.bot_messages()
+                if m["reply_to_id"] == sent["id"] and len(m["content"]) >= 750
+            ),
+            None,
+        ),
+        20,
+        "the whole answer",
+    )
     page.wait_for_function(
         f"""() => {{
             const n = document.querySelector('#messages .msg[data-id="{final["id"]}"] .content');
@@ -136,8 +156,8 @@ def test_a_mention_from_the_page_gets_its_answer_streamed_into_the_page(
         }}""",
         timeout=WAIT_MS,
     )
-    (answer,) = bot_answers(page)
-    assert answer["id"] == final["id"] and answer["updates"] >= 2
+    (answer,) = [a for a in bot_answers(page) if a["id"] == final["id"]]
+    assert answer["updates"] >= 2
     assert "Sentence 0 of the long sandbox answer" in answer["text"]
     page.wait_for_timeout(1700)  # the streaming cursor goes once the edits stop
     shoot(page, tmp_path, "sandbox-chat.png")
@@ -160,7 +180,8 @@ def test_killing_llm_from_the_page_is_survived_and_shown(
     page.wait_for_selector(f"{row} .state >> text=RUNNING", timeout=WAIT_MS)
     old_pid = page.inner_text(f"{row} .pid")
     assert old_pid == str(supervisor_says(box, "llm")["pid"])
-    assert page.inner_text(f"{row} .restarts") == "0"
+    restarts = int(page.inner_text(f"{row} .restarts"))
+    assert restarts == supervisor_says(box, "llm")["restarts"]
     box.say("anyone around?", user="bob")
     page.click(f"{row} .kill")
     box.say("messages keep arriving while llm restarts", user="bob")  # and are shown
@@ -172,13 +193,13 @@ def test_killing_llm_from_the_page_is_survived_and_shown(
             return row.querySelector('.pid').textContent !== '{old_pid}'
                 && row.querySelector('.pid').textContent !== '\\u2013'  // not the dash of no pid
                 && row.querySelector('.state').textContent === 'RUNNING'
-                && row.querySelector('.restarts').textContent === '1';
+                && row.querySelector('.restarts').textContent === '{restarts + 1}';
         }}""",
         timeout=WAIT_MS,
     )
     status = supervisor_says(box, "llm")
     assert page.inner_text(f"{row} .pid") == str(status["pid"]) != old_pid
-    assert status["restarts"] == 1 and status["last_exit"] == "killed by SIGKILL"
+    assert status["restarts"] == restarts + 1 and status["last_exit"] == "killed by SIGKILL"
     page.wait_for_selector('#event-log li.crash[data-service="llm"] >> text=killed by SIGKILL')
     page.wait_for_selector('#event-log li.back[data-service="llm"]')
     page.wait_for_selector('#messages .notice.back[data-service="llm"]')
