@@ -338,6 +338,7 @@ class SandboxPage:
                 if presence != self._presence:
                     self._presence = presence
                     self.broadcast("presence", self.emu.gateway.presence)
+                    self.broadcast("members", self.members())  # the bot's own status too
                 commands = self.commands()
                 fingerprint = json.dumps(commands, sort_keys=True)
                 if fingerprint != self._commands:
