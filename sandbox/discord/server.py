@@ -15,6 +15,7 @@ that just stops leaves py-cord waiting up to 60 s for a frame.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -62,6 +63,8 @@ class DiscordEmulator:
             global_limit=global_limit,
         )
         self.control = ControlApi(self)
+        #: More routes on the same server (the sandbox's web page), added at ``start()``.
+        self.extra_routes: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
 
     @property
@@ -84,6 +87,8 @@ class DiscordEmulator:
         app.router.add_get(GATEWAY_PATH, self.gateway.handle)
         self.control.add_routes(app)
         self.rest.add_routes(app)
+        for add_routes in self.extra_routes:
+            add_routes(app)
         return app
 
     async def start(self) -> None:

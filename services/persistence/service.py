@@ -266,6 +266,9 @@ def build(clock: Clock | None = None) -> tuple[Service, Persistence]:
 
     async def store_events(events: list[Message]) -> None:
         await p.write(events)
+        if isinstance(events[0], MessageCreated):  # the supervisor exports it as a metric
+            figures = service.figures
+            figures["messages_stored_total"] = figures.get("messages_stored_total", 0) + len(events)
 
     for msg_type in STORED_EVENTS:
         service.event(msg_type, batch=True)(store_events)
