@@ -27,6 +27,7 @@ import anyio
 from loguru import logger
 
 from protocol.clock import Clock
+from protocol.discord import MessageCreated
 from protocol.messages import Message
 from protocol.runtime import Refused, Service, TransientError
 from protocol.store import (
