@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     import anyio
     from loguru import logger
 
-    from supervisor import control, logs, privacy, privilege
+    from supervisor import control, instance, logs, privacy, privilege
     from supervisor.config import (
         ConfigError,
         ConfigProblem,
@@ -129,6 +129,13 @@ def main(argv: list[str]) -> int:
         print(f"{args.config}: {len(config.enabled)} services configured, environment complete")
         return 0
 
+    # One supervisor per data dir, before anything in it is touched; held until we exit
+    # (the kernel lets go of it even if we are SIGKILLed).
+    try:
+        data_dir_lock = instance.hold(config.supervisor.data_dir)
+    except instance.DataDirInUse as exc:
+        print(exc, file=sys.stderr)
+        return 2
     # Before anything is created (the log dir is the first): owner-only, for every child too.
     tightened = privacy.make_private(config.supervisor.data_dir)
     logs.setup(
@@ -146,13 +153,16 @@ def main(argv: list[str]) -> int:
     for warning in (secrets_warning, privilege.root_warning(HERE / "deploy/discord-bot.service")):
         if warning:
             logger.warning("{}", warning)
-    if args.sandbox:
-        from sandbox.run import run_sandbox
+    try:
+        if args.sandbox:
+            from sandbox.run import run_sandbox
 
-        return anyio.run(run_sandbox, config, args.port, args.host)
-    from supervisor.supervisor import Supervisor
+            return anyio.run(run_sandbox, config, args.port, args.host)
+        from supervisor.supervisor import Supervisor
 
-    return anyio.run(Supervisor(config).run)
+        return anyio.run(Supervisor(config).run)
+    finally:
+        data_dir_lock.release()
 
 
 if __name__ == "__main__":

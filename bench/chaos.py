@@ -1,12 +1,17 @@
 """Chaos run: steady load while services are SIGKILLed at random; prints a JSON report.
 
     python -m bench.chaos [--duration 60] [--rate 200] [--kill-every 3] [--seed 1]
+                          [--refuse-resume]
 
 The Discord emulator and the OpenAI stand-in run in this process; the bot runs as
 `run.py` (all six services) pointed at them, so the supervisor itself can be
 SIGKILLed once half-way and started again as systemd would (its children die
 with it). Meanwhile users post messages at a steady rate, a share of them
 mentioning the bot, and run slash commands.
+
+With `--refuse-resume`, every Discord session is invalidated just before each kill of
+the gateway (or of the supervisor): the gateway's successor cannot RESUME, identifies
+afresh, and must backfill what was said meanwhile from Discord's history.
 
 Reported: messages posted vs stored (missing, duplicated), mentions vs answers
 (missing, answered twice), slash commands vs responses (an ephemeral
@@ -147,6 +152,7 @@ async def chaos(
     seed: int = 1,
     settle_s: float = 45,
     kill_order: list[str] | None = None,
+    refuse_resume: bool = False,
 ) -> dict[str, Any]:
     """Run the load and the kills; `kill_order` cycles through services instead of
     choosing at random (so a short run still kills each one)."""
@@ -217,6 +223,8 @@ async def chaos(
                         supervisor_kill_at = None
                         children = psutil.Process(bot.proc.pid).children()
                         t0 = time.monotonic()
+                        if refuse_resume:
+                            emu.gateway.invalidate()
                         bot.proc.kill()
                         await asyncio.to_thread(bot.restart)
                         await wait_all_running(bot)
@@ -245,6 +253,8 @@ async def chaos(
                         if not candidates:
                             continue
                     victim = rng.choice(candidates)
+                    if refuse_resume and victim["name"] == "gateway":
+                        emu.gateway.invalidate()  # its successor's RESUME is refused
                     try:
                         os.kill(victim["pid"], signal.SIGKILL)
                         watch.killed(victim["name"], victim["pid"])
@@ -270,11 +280,12 @@ async def chaos(
             bot.stop()
             await emu.stop()
             await llm.stop()
-        errors = [
-            line
-            for line in (tmp / "bot.log").read_text().splitlines()
-            if re.search(r"\bERROR\b", line)
+        log = (tmp / "bot.log").read_text().splitlines()
+        errors = [line for line in log if re.search(r"\bERROR\b", line)]
+        backfills = [
+            line.split("backfill done: ", 1)[1] for line in log if "backfill done: " in line
         ]
+        sessions = emu.gateway.describe()
     downs = [r["down_s"] for r in watch.recoveries]
     report.update(
         {
@@ -285,7 +296,12 @@ async def chaos(
                 "mention_every_s": mention_every,
                 "command_every_s": command_every,
                 "seed": seed,
+                "refuse_resume": refuse_resume,
             },
+            "discord_sessions": {
+                k: sessions[k] for k in ("identifies", "resumes", "refused_resumes", "replayed")
+            },
+            "backfills": backfills,
             "kills": Counter(name for name, _, _ in watch.kills),
             "not_recovered": sorted(watch.pending),
             "longest_not_running_s": max(downs, default=0.0),
@@ -379,10 +395,20 @@ def main() -> None:
     p.add_argument("--kill-every", type=float, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-supervisor-kill", action="store_true")
+    p.add_argument(
+        "--refuse-resume",
+        action="store_true",
+        help="invalidate every Discord session at each gateway (or supervisor) kill",
+    )
     a = p.parse_args()
     report = asyncio.run(
         chaos(
-            a.duration, a.rate, a.kill_every, seed=a.seed, kill_supervisor=not a.no_supervisor_kill
+            a.duration,
+            a.rate,
+            a.kill_every,
+            seed=a.seed,
+            kill_supervisor=not a.no_supervisor_kill,
+            refuse_resume=a.refuse_resume,
         )
     )
     print(json.dumps(report, indent=2, default=str))

@@ -52,6 +52,8 @@ class MessageCreated(Message):
     channel_name: str | None = None
     is_dm: bool = False
     attachments: list[dict[str, Any]] = field(default_factory=list)  # {url, filename, size}
+    # Found in Discord's history after a gap (a refused RESUME), not received live.
+    backfilled: bool = False
 
 
 @message("discord.message.edited", durable=True)
@@ -81,6 +83,7 @@ class MemberJoined(Message):
     username: str
     bot: bool
     at: float
+    backfilled: bool = False  # found by comparing with Discord after a gap
 
 
 @message("discord.member.left", durable=True)
@@ -91,6 +94,7 @@ class MemberLeft(Message):
     username: str
     bot: bool
     at: float
+    backfilled: bool = False  # found by comparing with Discord after a gap
 
 
 @message("discord.member.banned", durable=True)
@@ -100,6 +104,7 @@ class MemberBanned(Message):
     user_id: str
     username: str
     at: float
+    backfilled: bool = False  # found by comparing with Discord after a gap
 
 
 @message("discord.member.unbanned", durable=True)
@@ -109,6 +114,44 @@ class MemberUnbanned(Message):
     user_id: str
     username: str
     at: float
+    backfilled: bool = False  # found by comparing with Discord after a gap
+
+
+@message("discord.gap.backfilled", durable=True)
+@dataclass(frozen=True, slots=True)
+class GapBackfilled(Message):
+    """What the gateway recovered from Discord's history after a gap: a fresh IDENTIFY
+    that followed a stored position (Discord refused to RESUME, or the session was too
+    old). Sent when the backfill is done (`done`), and when one starts."""
+
+    gap_id: str  # the same for the start and the end of one backfill
+    gap_s: float  # from the last event stored before the gap to the READY after it
+    messages: int  # messages stored from the history (not received live)
+    joined: int = 0
+    left: int = 0
+    banned: int = 0
+    unbanned: int = 0
+    truncated: bool = False  # not everything: a limit was reached or a channel failed
+    done: bool = True
+    at: float = 0.0
+
+    def line(self) -> str:
+        """ "gap of 42 s: 300 messages recovered, 1 join" (or "backfilling" while it runs)."""
+        length = f"{self.gap_s:.0f}" if self.gap_s >= 10 else f"{self.gap_s:.1f}"
+        if not self.done:
+            return f"gap of {length} s: backfilling from Discord's history"
+        text = f"gap of {length} s: {self.messages} messages recovered"
+        for n, word in (
+            (self.joined, "join"),
+            (self.left, "leave"),
+            (self.banned, "ban"),
+            (self.unbanned, "unban"),
+        ):
+            if n:
+                text += f", {n} {word}{'s' if n > 1 else ''}"
+        if self.truncated:
+            text += " (not all: a limit was reached or a channel failed)"
+        return text
 
 
 @message("discord.guild.counts", retain_by="guild_id")

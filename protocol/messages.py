@@ -158,6 +158,8 @@ class Heartbeat(Message):
 
     pid: int
     channels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Numbers the service keeps about its own work (Service.figures), exported as metrics.
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @message("service.stop")
@@ -182,6 +184,7 @@ class SupervisorStatus(Message):
     supervisor: dict[str, Any]
     services: list[dict[str, Any]]
     changed: list[str] = dataclasses.field(default_factory=list)  # whose state changed
+    metrics_url: str | None = None  # Prometheus text; /healthz beside it
 
     def service(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.services if s.get("name") == name), None)

@@ -143,6 +143,10 @@ class Service:
         self.clock = clock or Clock()
         self._quiet = QuietLog()
         self.bus: Bus | None = None
+        # Counters and gauges about the service's own work, sent with each heartbeat and
+        # exported by the supervisor as Prometheus metrics `bot_NAME{service=...}` (a name
+        # ending in _total is a counter). Lower-case names; a new process starts from zero.
+        self.figures: dict[str, float] = {}
         self.request(Ping)(self._ping)
         self.request(AdvanceClock)(self._advance_clock)
         self.request(ApplySettings)(self._apply_settings)
@@ -461,7 +465,9 @@ class Service:
                 logger.error("supervisor {} is gone: exiting", self.ctx.supervisor_pid)
                 os._exit(1)
             env = self.bus.envelope(
-                Heartbeat(os.getpid(), self.bus.stats()["channels"]), Kind.HEARTBEAT, SUPERVISOR
+                Heartbeat(os.getpid(), self.bus.stats()["channels"], dict(self.figures)),
+                Kind.HEARTBEAT,
+                SUPERVISOR,
             )
             self.bus.channel(SUPERVISOR).send(env)
             await anyio.sleep(self.ctx.heartbeat_interval_s)

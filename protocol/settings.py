@@ -227,6 +227,11 @@ def _convert(value: Any, hint: Any, key: str, problems: list[Problem]) -> Any:
         return _parse_dataclass(hint, value, key, problems)  # type: ignore[arg-type]
     if origin is tuple and isinstance(value, list):
         value = tuple(value)
+        if len(args) == 2 and args[1] is Ellipsis and dataclasses.is_dataclass(args[0]):
+            parsed = [
+                _parse_dataclass(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)
+            ]
+            return tuple(parsed)
     if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
         if not isinstance(value, Mapping):
             problems.append(Problem(key, f"must be a table (got {value!r})", "write a table"))

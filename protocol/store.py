@@ -44,6 +44,13 @@ class Counts(Message):
     db_bytes: int | None
 
 
+@message("store.newest.ids")
+@dataclass(frozen=True, slots=True)
+class NewestStored(Message):
+    newest: dict[str, str]  # channel id -> the id of its newest stored message
+    dm_channels: list[str] = field(default_factory=list)  # the DM channels among them
+
+
 @message("store.kv.value")
 @dataclass(frozen=True, slots=True)
 class KvValue(Message):
@@ -64,6 +71,7 @@ class Usage(Message):
     completion_tokens: int
     by_outcome: dict[str, int] = field(default_factory=dict)
     latency_p50_ms: float | None = None
+    by_provider: dict[str, int] = field(default_factory=dict)  # answers per provider
 
 
 # --- queries ----------------------------------------------------------------------------
@@ -89,6 +97,16 @@ class ReplyChain(Request[StoredMessages]):
 
     message_id: str
     limit: int = 20
+
+
+@message("store.newest_messages")
+@dataclass(frozen=True, slots=True)
+class NewestMessages(Request[NewestStored]):
+    """The newest stored message of every channel (deleted ones count; ones known only
+    from an edit or a delete do not), below `below[channel]` where given: where the
+    gateway's backfill after a gap starts."""
+
+    below: dict[str, str] = field(default_factory=dict)  # channel id -> message id
 
 
 @message("store.member_events")
@@ -140,6 +158,20 @@ class LlmExchange(Message):
     latency_ms: float
     outcome: str
     at: float
+    provider: str = ""  # the name of the provider that answered; "" if none did
+
+
+@message("store.health", retain_by="")
+@dataclass(frozen=True, slots=True)
+class StorageHealth(Message):
+    """Whether persistence can write: sent on its first write and whenever that changes
+    (a failure once it has lasted its `storage_alert_after_s`). Retained, so a
+    subscriber that starts late still learns of an outage under way. While writes
+    fail, persistence refuses events and the senders keep them in their outboxes."""
+
+    ok: bool
+    detail: str  # why writes fail ("database or disk is full"); "" when ok
+    since: float  # wall time the current state began
 
 
 @message("store.usage")

@@ -8,6 +8,7 @@ OpenAI, through the URLs and keys put into their environment.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ from loguru import logger
 
 from sandbox.discord import DiscordEmulator
 from sandbox.openai_standin import OpenAIStandin
+from sandbox.web.page import SandboxPage
 from supervisor.config import OVERRIDES_ENV, Config, load
 from supervisor.supervisor import Supervisor
 
@@ -54,10 +56,12 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
     if not is_loopback(host):
         logger.warning(
             "sandbox: --host {}: the emulator and the OpenAI stand-in are reachable beyond "
-            "this machine, and anyone who reaches them can read and post as the bot",
+            "this machine, and anyone who reaches them can read and post as the bot, and "
+            "kill its services from the web page",
             host,
         )
     emulator = DiscordEmulator(host=host, port=port, token=TOKEN)
+    page = SandboxPage(emulator)  # served at / by the emulator
     llm = OpenAIStandin(host=host, port=0, api_key=API_KEY)
     try:
         await emulator.start()
@@ -79,14 +83,25 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
     # In this process's environment too: the supervisor's reload reads the same overrides.
     os.environ[OVERRIDES_ENV] = json.dumps(sandbox_settings(emulator.world.owner_id))
     config = load(config.path, config.supervisor.data_dir)
+    if config.supervisor.metrics_address is None:  # metrics on, at a free port
+        shown = f"[{host}]" if ":" in host else host
+        config = dataclasses.replace(
+            config,
+            supervisor=dataclasses.replace(config.supervisor, metrics_address=f"{shown}:0"),
+        )
+    supervisor = Supervisor(config, extra_env=env)
+    page.supervisor = supervisor
+    metrics_url = await supervisor.serve_metrics()
     data = config.supervisor.data_dir.absolute()
     print(
         "\n".join(
             [
-                "sandbox: the bot runs against local stand-ins (Ctrl-C stops everything)",
+                f"sandbox: open {emulator.base_url}/ to watch the bot and talk to it",
+                "  the bot runs against local stand-ins (Ctrl-C stops everything)",
                 f"  Discord emulator   {emulator.base_url}  (control API: "
                 f"{emulator.base_url}/_sandbox/state)",
                 f"  OpenAI stand-in    {llm.base_url}",
+                f"  metrics            {metrics_url}  (health: /healthz beside it)",
                 f"  data dir           {data}  (database: {data / 'bot.sqlite3'})",
                 "  status             python run.py status --data-dir "
                 f"{config.supervisor.data_dir}",

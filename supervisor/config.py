@@ -80,6 +80,10 @@ class SupervisorSettings:
     log_format: str = "text"  # text | json
     memory_poll_s: float = 2.0
     heartbeat_interval_s: float = 1.0
+    # "HOST:PORT" where /metrics (Prometheus) and /healthz are served; None: not served.
+    metrics_address: str | None = None
+    # Events the supervisor receives like a service (it turns them into metrics).
+    subscribes: tuple[str, ...] = ()
 
     @property
     def runtime_dir(self) -> Path:
@@ -111,6 +115,8 @@ class Config:
             endpoints[s.name] = s.endpoint or f"ipc://{runtime}/{s.name}.sock"
             for event_type in s.subscribes:
                 subscribers.setdefault(event_type, []).append(s.name)
+        for event_type in self.supervisor.subscribes:
+            subscribers.setdefault(event_type, []).append("supervisor")
         # Who answers which slash command is declared with the command (protocol/commands.py).
         commands = owned_by({s.name for s in self.enabled})
         return Topology(endpoints, subscribers, commands)
@@ -275,6 +281,30 @@ def _service(
     return spec
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """("HOST", PORT) from "HOST:PORT" or "[V6]:PORT"; ValueError if it is neither."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(address)
+    return host, int(port)
+
+
+def _metrics_address(r: _Reader, value: Any) -> str | None:
+    if value is None or value == "":
+        return None  # off
+    try:
+        split_address(str(value))
+    except ValueError:
+        r.bad(
+            "supervisor.metrics_address",
+            f"must be HOST:PORT (got {value!r})",
+            'set metrics_address = "127.0.0.1:9464", or remove it to serve no metrics',
+        )
+        return None
+    return str(value)
+
+
 def _ordered(r: _Reader, specs: list[ServiceSpec]) -> list[ServiceSpec]:
     """Dependencies first, otherwise in file order; cycles and unknown names are problems."""
     by_name = {s.name: s for s in specs}
@@ -329,6 +359,8 @@ def parse(data: dict[str, Any], path: Path, data_dir: Path | None = None) -> Con
         log_format=log_format,
         memory_poll_s=r.number(sup, "memory_poll_s", "supervisor", 2.0, minimum=0.1),
         heartbeat_interval_s=r.number(sup, "heartbeat_interval_s", "supervisor", 1.0, minimum=0.05),
+        metrics_address=_metrics_address(r, sup.get("metrics_address")),
+        subscribes=r.strings(sup, "subscribes", "supervisor"),
     )
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):

@@ -79,5 +79,7 @@ def format_status(data: dict[str, Any]) -> str:
                 f"failed {ch['failed']} retried {ch['retried']} dropped {ch['dropped']} "
                 f"unacked {ch['unacked']}"
             )
+    if data.get("metrics_url"):
+        lines.append(f"metrics {data['metrics_url']}  (health: /healthz beside it)")
     lines.append(f"(as of {time.strftime('%H:%M:%S')})")
     return "\n".join(lines)

@@ -83,6 +83,9 @@ class ServiceProcess:
         self.last_heartbeat = 0.0
         self.rss_mb: float | None = None
         self.channels: list[dict] = []
+        self.figures: dict[str, float] = {}  # what the service reports of itself
+        # Told of every state change (the supervisor keeps a history for its watchers).
+        self.on_transition: Callable[[ServiceProcess, State, str], None] | None = None
         self._random = random
         self._backoff_attempt = 0
         self._restart_times: deque[float] = deque()
@@ -98,8 +101,10 @@ class ServiceProcess:
         if new not in ALLOWED[self.state]:
             raise IllegalTransition(f"{self.name}: {self.state.value} -> {new.value} ({why})")
         logger.info("{} {} -> {} ({})", self.name, self.state.value, new.value, why)
-        self.state = new
+        old, self.state = self.state, new
         self.reason = why
+        if self.on_transition is not None:
+            self.on_transition(self, old, why)
 
     def uptime(self, now: float) -> float:
         return now - self.ready_at if self.state is State.RUNNING and self.ready_at else 0.0
@@ -137,6 +142,7 @@ class ServiceProcess:
         reason, self._stop_reason = self._stop_reason, None
         self.last_exit = how if reason in (None, "shutdown") else f"{how} ({reason})"
         self.pid = None
+        self.figures = {}  # a new process counts from zero
         ran_for = now - self.ready_at if self.ready_at is not None else 0.0
         if reason == "shutdown":
             self.transition(State.STOPPED, self.last_exit)
@@ -224,4 +230,5 @@ class ServiceProcess:
             "reason": self.reason,
             "critical": self.spec.critical,
             "channels": self.channels,
+            "figures": self.figures,
         }

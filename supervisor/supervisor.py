@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -41,11 +44,13 @@ from protocol.messages import (
 from protocol.runtime import EXIT_CONFIG
 from supervisor.config import CLOCK_OFFSET_ENV, Config, ConfigError, load
 from supervisor.effects import Child, Effects, OSEffects, child_argv, child_env
+from supervisor.metrics import Metrics, MetricsServer
 from supervisor.notify import Notifier
 from supervisor.process import ServiceProcess, State
 
 MONITOR_TICK_S = 0.25
 STATUS_EVERY_S = 5.0  # besides every state change: RSS and breakers move too
+HISTORY = 1000  # state changes kept for watchers (the sandbox's web page)
 
 
 class Supervisor:
@@ -61,6 +66,14 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.extra_env = extra_env or {}
         self.procs = {s.name: ServiceProcess(s, self.effects.random) for s in config.enabled}
+        # Every state change, newest last: {seq, t (Unix time), service, from, to, why}.
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.watchers: list[Callable[[dict[str, Any]], None]] = []
+        for proc in self.procs.values():
+            proc.on_transition = self._transitioned
+        self.metrics = Metrics(self.status)
+        address = config.supervisor.metrics_address
+        self.metrics_server = MetricsServer(self.metrics, address) if address else None
         self.exit_code = 0
         self._children: dict[str, Child] = {}
         self._gone: dict[str, anyio.Event] = {}
@@ -91,7 +104,35 @@ class Supervisor:
             on_request=self._on_request,
             on_events=self._on_events,
         )
-        logger.info("supervisor {} starting {} services", os.getpid(), len(self.procs))
+        url = await self.serve_metrics()
+        logger.info(
+            "supervisor {} starting {} services{}",
+            os.getpid(),
+            len(self.procs),
+            f" (metrics: {url}, /healthz beside it)" if url else "",
+        )
+        try:
+            await self._run()
+        finally:
+            if self.metrics_server is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.metrics_server.stop()
+        self.notifier.close()
+        logger.info("supervisor stopped (exit {})", self.exit_code)
+        return self.exit_code
+
+    async def serve_metrics(self) -> str | None:
+        """Start serving /metrics and /healthz if configured (run() does it too); the
+        /metrics URL, or None."""
+        if self.metrics_server is None:
+            return None
+        return await self.metrics_server.start()
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.metrics_server.url if self.metrics_server is not None else None
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.bus.run)
@@ -105,9 +146,6 @@ class Supervisor:
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
             tg.cancel_scope.cancel()
-        self.notifier.close()
-        logger.info("supervisor stopped (exit {})", self.exit_code)
-        return self.exit_code
 
     def stop(self, exit_code: int = 0) -> None:
         self.exit_code = self.exit_code or exit_code
@@ -137,6 +175,24 @@ class Supervisor:
             self.notifier.ready(summary)
         else:
             self.notifier.status(summary)
+
+    def _transitioned(self, proc: ServiceProcess, old: State, why: str) -> None:
+        seq = self.history[-1]["seq"] + 1 if self.history else 1
+        change = {
+            "seq": seq,
+            "t": time.time(),
+            "service": proc.name,
+            "from": old.value,
+            "to": proc.state.value,
+            "why": why,
+        }
+        self.history.append(change)
+        for watch in list(self.watchers):
+            try:
+                watch(change)
+            except Exception:
+                logger.exception("a watcher of state changes failed; it is dropped")
+                self.watchers.remove(watch)
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
@@ -301,6 +357,9 @@ class Supervisor:
             elif isinstance(msg, Heartbeat):
                 proc.heartbeat(now)
                 proc.channels = msg.channels
+                proc.figures = msg.figures
+            else:
+                self.metrics.observe(msg)  # what [supervisor] subscribes brings
 
     async def _on_request(self, env: Envelope, reply: Reply) -> None:
         try:
@@ -423,4 +482,5 @@ class Supervisor:
                 "summary": self.summary(),
             },
             services=[p.status(now) for p in self.procs.values()],
+            metrics_url=self.metrics_url,
         )

@@ -96,7 +96,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .rest import json_response
-from .world import STATUSES, Message, NotFound, Poll, WorldError, iso
+from .world import STATUSES, Message, NotFound, Poll, WorldError, iso_at
 
 if TYPE_CHECKING:
     from .server import DiscordEmulator
@@ -188,7 +188,7 @@ def _poll_view(poll: Poll | None) -> dict[str, Any] | None:
             {"answer_id": i, "text": text, "votes": len(poll.votes.get(i, []))}
             for i, text in enumerate(poll.answers, 1)
         ],
-        "expiry": iso(poll.expiry),
+        "expiry": iso_at(poll.expiry),
         "allow_multiselect": poll.allow_multiselect,
         "finalized": poll.finalized,
     }
@@ -562,8 +562,8 @@ class ControlApi:
                 {
                     "id": e.id,
                     "name": e.name,
-                    "start": iso(e.start),
-                    "end": iso(e.end) if e.end is not None else None,
+                    "start": iso_at(e.start),
+                    "end": iso_at(e.end) if e.end is not None else None,
                     "location": e.location,
                     "description": e.description,
                     "status": e.status,

@@ -388,20 +388,45 @@ class RestApi:
         return no_content()
 
     async def list_messages(self, request: web.Request) -> web.Response:
+        """Get Channel Messages as Discord answers it: ``limit`` 1-100 (default 50), one of
+        ``around``/``before``/``after`` (that order wins if several are given), and every
+        page sorted newest first, ``after`` pages too (discord-api-docs #7740). Message
+        objects from REST carry no ``guild_id`` or ``member`` (only gateway events do)."""
         msgs = self.world.channel_messages(request.match_info["channel_id"])
         q = request.query
-        try:
-            limit = min(max(int(q.get("limit", "50")), 1), 100)
-            before = int(q["before"]) if "before" in q else None
-            after = int(q["after"]) if "after" in q else None
-        except ValueError:
-            raise WorldError("Invalid Form Body") from None
-        if before is not None:
-            msgs = [m for m in msgs if int(m.id) < before]
-        if after is not None:
-            msgs = [m for m in msgs if int(m.id) > after][:limit]
-        msgs = msgs[-limit:]
-        return json_response([self.world.message_payload(m) for m in reversed(msgs)])
+        limit = _int_param(q, "limit", 50, "NUMBER_TYPE_COERCE", "int")
+        if not 1 <= limit <= 100:
+            low = limit < 1
+            raise FormError(
+                "limit",
+                "NUMBER_TYPE_MIN" if low else "NUMBER_TYPE_MAX",
+                "Int value should be greater than or equal to 1."
+                if low
+                else "Int value should be less than or equal to 100.",
+            )
+        anchors = {
+            k: _int_param(q, k, None, "NUMBER_TYPE_COERCE", "snowflake")
+            for k in ("around", "before", "after")
+        }
+        if anchors["around"] is not None:
+            older = [m for m in msgs if int(m.id) < anchors["around"]]
+            newer = [m for m in msgs if int(m.id) >= anchors["around"]]
+            n_new = min(len(newer), limit - min(len(older), limit // 2))
+            n_old = min(len(older), limit - n_new)
+            msgs = older[len(older) - n_old :] + newer[:n_new]
+        elif anchors["before"] is not None:
+            msgs = [m for m in msgs if int(m.id) < anchors["before"]][-limit:]
+        elif anchors["after"] is not None:
+            msgs = [m for m in msgs if int(m.id) > anchors["after"]][:limit]
+        else:
+            msgs = msgs[-limit:]
+        page = []
+        for m in reversed(msgs):
+            payload = self.world.message_payload(m)
+            payload.pop("guild_id", None)
+            payload.pop("member", None)
+            page.append(payload)
+        return json_response(page)
 
     async def send_message(self, request: web.Request) -> web.Response:
         body = _require_dict(request[BODY])
@@ -638,8 +663,21 @@ class RestApi:
         }
 
     async def list_bans(self, request: web.Request) -> web.Response:
+        """Get Guild Bans: ``limit`` 1-1000 (default 1000), ``before``/``after`` a user id,
+        sorted by user id."""
         self._guild(request.match_info["guild_id"])
-        return json_response([self._ban_payload(uid) for uid in self.world.bans])
+        q = request.query
+        limit = _int_param(q, "limit", 1000, "NUMBER_TYPE_COERCE", "int")
+        if not 1 <= limit <= 1000:
+            raise FormError("limit", "NUMBER_TYPE_MAX", "Int value should be between 1 and 1000.")
+        before = _int_param(q, "before", None, "NUMBER_TYPE_COERCE", "snowflake")
+        after = _int_param(q, "after", None, "NUMBER_TYPE_COERCE", "snowflake")
+        ids = sorted(self.world.bans, key=int)
+        if before is not None:
+            ids = [u for u in ids if int(u) < before][-limit:]
+        else:
+            ids = [u for u in ids if after is None or int(u) > after][:limit]
+        return json_response([self._ban_payload(uid) for uid in ids])
 
     async def get_ban(self, request: web.Request) -> web.Response:
         self._guild(request.match_info["guild_id"])
@@ -817,6 +855,17 @@ def _page(request: web.Request) -> tuple[int, int]:
     except ValueError:
         raise WorldError("Invalid Form Body") from None
     return limit, after
+
+
+def _int_param(query: Any, name: str, default: Any, code: str, kind: str) -> Any:
+    """A query parameter that must be an integer (a snowflake is one), as Discord checks."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise FormError(name, code, f'Value "{raw}" is not {kind}.') from None
 
 
 def _require_dict(body: Any) -> dict[str, Any]:

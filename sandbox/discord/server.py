@@ -69,6 +69,8 @@ class DiscordEmulator:
             global_limit=global_limit,
         )
         self.control = ControlApi(self)
+        #: More routes on the same server (the sandbox's web page), added at ``start()``.
+        self.extra_routes: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
 
     @property
@@ -91,6 +93,8 @@ class DiscordEmulator:
         app.router.add_get(GATEWAY_PATH, self.gateway.handle)
         self.control.add_routes(app)
         self.rest.add_routes(app)
+        for add_routes in self.extra_routes:
+            add_routes(app)
         return app
 
     async def start(self) -> None:

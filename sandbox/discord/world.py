@@ -95,14 +95,9 @@ class FormError(WorldError):
         return f"Invalid Form Body: {self.field}: {self.detail}"
 
 
-def iso_now() -> str:
+def iso_at(wall: float) -> str:
     """Discord timestamps are ISO-8601 with an explicit UTC offset."""
-    return datetime.now(UTC).isoformat()
-
-
-def iso(seconds: float) -> str:
-    """Unix seconds as Discord writes a timestamp."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
+    return datetime.fromtimestamp(wall, UTC).isoformat()
 
 
 def parse_iso(value: Any, field_name: str) -> float:
@@ -248,7 +243,8 @@ class World:
         self.dispatch: Callable[[str, dict[str, Any]], None] = lambda event, data: None
         #: The emulator's clock (what interaction tokens expire by); the emulator wires it.
         self.now: Callable[[], float] = time.monotonic
-        #: Its wall clock (message timestamps, poll expiry, event times): moves with it.
+        #: Epoch seconds on the same clock: message and join timestamps (POST clock moves
+        #: them with every service's clock, as Discord's own time and the bot's agree).
         self.wall: Callable[[], float] = time.time
         self.guild_id = self.ids.next()
         self.guild_name = guild_name
@@ -284,6 +280,9 @@ class World:
         self.scheduled_events: dict[str, ScheduledEvent] = {}
         #: Uploaded files by attachment id: (filename, content type, bytes).
         self.files: dict[str, tuple[str, str, bytes]] = {}
+
+    def iso_now(self) -> str:
+        return iso_at(self.wall())
 
     # ---- lookups -------------------------------------------------------------------------
 
@@ -385,7 +384,7 @@ class World:
             channel_id=channel_id,
             author_id=author_id,
             content=content,
-            timestamp=iso(self.wall()),
+            timestamp=self.iso_now(),
             embeds=list(embeds or []),
             attachments=list(attachments or []),
             components=list(components or []),
@@ -415,7 +414,7 @@ class World:
             msg.components = list(changes["components"] or [])
         if "flags" in changes and isinstance(changes["flags"], int):
             msg.flags = (msg.flags & 64) | (changes["flags"] & ~64)
-        msg.edited_at = iso(self.wall())
+        msg.edited_at = self.iso_now()
         if not msg.ephemeral:
             self.dispatch("MESSAGE_UPDATE", self.message_payload(msg))
         return msg
@@ -440,7 +439,7 @@ class World:
         self.user(user_id)
         if user_id in self.members:
             raise WorldError("User is already a member")
-        self.members[user_id] = Member(user_id=user_id, roles=[], joined_at=iso_now())
+        self.members[user_id] = Member(user_id=user_id, roles=[], joined_at=self.iso_now())
         self.dispatch(
             "GUILD_MEMBER_ADD", {**self.member_payload(user_id), "guild_id": self.guild_id}
         )
@@ -719,7 +718,7 @@ class World:
                 {"answer_id": i, "poll_media": {"text": text}}
                 for i, text in enumerate(poll.answers, 1)
             ],
-            "expiry": iso(poll.expiry),
+            "expiry": iso_at(poll.expiry),
             "allow_multiselect": poll.allow_multiselect,
             "layout_type": 1,
             "results": {
@@ -786,7 +785,7 @@ class World:
                 "GUILD_SCHEDULED_EVENT_SCHEDULED_START_TIME_IN_PAST",
                 "Cannot schedule event in the past.",
             )
-        raw_end = body.get("scheduled_end_time", None if creating else iso(event.end or 0))
+        raw_end = body.get("scheduled_end_time", None if creating else iso_at(event.end or 0))
         if raw_end is None:
             raise FormError(
                 "scheduled_end_time", "BASE_TYPE_REQUIRED", "External events need an end time."
@@ -844,8 +843,8 @@ class World:
             "creator_id": event.creator_id,
             "name": event.name,
             "description": event.description,
-            "scheduled_start_time": iso(event.start),
-            "scheduled_end_time": iso(event.end) if event.end is not None else None,
+            "scheduled_start_time": iso_at(event.start),
+            "scheduled_end_time": iso_at(event.end) if event.end is not None else None,
             "privacy_level": EVENT_GUILD_ONLY,
             "status": event.status,
             "entity_type": EVENT_EXTERNAL,
@@ -1090,7 +1089,7 @@ class World:
         user = User(id=self.ids.next(), username=username, bot=bot)
         self.users[user.id] = user
         self.members[user.id] = Member(
-            user_id=user.id, roles=list(roles or []), joined_at=iso_now(), status=status
+            user_id=user.id, roles=list(roles or []), joined_at=self.iso_now(), status=status
         )
         return user
 

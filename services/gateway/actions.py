@@ -131,7 +131,7 @@ class Actions:
         for request_type, method in self.HANDLERS.items():
             service.request(request_type)(getattr(self, method))
 
-    async def _discord(self, call: Any) -> Any:
+    async def call_discord(self, call: Any) -> Any:
         """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
         if not self.gw.logged_in:
             call.close()  # never awaited: the coroutine is dropped cleanly
@@ -147,11 +147,14 @@ class Actions:
             reason = REASON_BY_CODE.get(exc.code) or REASON_BY_STATUS.get(exc.status)
             detail = f"{exc.status} (code {exc.code}) {exc.text or exc}"
             raise Refused(reason or "discord_error", detail) from None
+        except (OSError, aiohttp.ClientError) as exc:
+            # A connection reset or refused under py-cord: worth a retry, never a crash.
+            raise Refused("not_connected", f"Discord could not be reached: {exc!r}") from None
 
     async def edit_original(
         self, inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None
     ) -> None:
-        await self._discord(
+        await self.call_discord(
             self.gw.http().edit_original_interaction_response(
                 inv.application_id,
                 inv.token,
@@ -171,7 +174,7 @@ class Actions:
             if msg.reply_to_id
             else None
         )
-        sent = await self._discord(
+        sent = await self.call_discord(
             self.gw.http().send_message(
                 msg.channel_id,
                 msg.content or None,
@@ -189,11 +192,13 @@ class Actions:
             fields["content"] = msg.content
         if msg.embeds is not None:
             fields["embeds"] = msg.embeds
-        await self._discord(self.gw.http().edit_message(msg.channel_id, msg.message_id, **fields))
+        await self.call_discord(
+            self.gw.http().edit_message(msg.channel_id, msg.message_id, **fields)
+        )
         return Done()
 
     async def delete_message(self, msg: DeleteMessage) -> Done:
-        await self._discord(self.gw.http().delete_message(msg.channel_id, msg.message_id))
+        await self.call_discord(self.gw.http().delete_message(msg.channel_id, msg.message_id))
         return Done()
 
     async def rename_channel(self, msg: RenameChannel) -> Done:
@@ -206,20 +211,20 @@ class Actions:
             wait = RENAME_WINDOW_S - (now - recent[0])
             raise Refused("rate_limited", f"retry_after={wait:.0f}")
         recent.append(now)
-        await self._discord(self.gw.http().edit_channel(msg.channel_id, name=msg.name))
+        await self.call_discord(self.gw.http().edit_channel(msg.channel_id, name=msg.name))
         return Done()
 
     async def create_channel(self, msg: CreateChannel) -> ChannelCreated:
         kind = {"text": 0, "voice": 2}.get(msg.kind)
         if kind is None:
             raise Refused("bad_request", f"unknown channel kind {msg.kind!r}: use text or voice")
-        created = await self._discord(
+        created = await self.call_discord(
             self.gw.http().create_channel(msg.guild_id, kind, name=msg.name)
         )
         return ChannelCreated(str(created["id"]))
 
     async def typing(self, msg: Typing) -> Done:
-        await self._discord(self.gw.http().send_typing(msg.channel_id))
+        await self.call_discord(self.gw.http().send_typing(msg.channel_id))
         return Done()
 
     async def set_presence(self, msg: SetPresence) -> Done:
@@ -253,8 +258,10 @@ class Actions:
         if guild is None:
             raise Refused("not_found", "no guild known yet (not connected?)")
         if msg.with_bans and guild.bans is None:
-            bans = await self._discord(self.gw.http().get_bans(guild.id, limit=1000))
+            bans = await self.call_discord(self.gw.http().get_bans(guild.id, limit=1000))
             guild.bans = len(bans)
+            if len(bans) < 1000:  # all of them: a backfill after a gap compares with these
+                guild.banned = {str(b["user"]["id"]) for b in bans}
         return guild.counts()
 
     async def guild_info(self, msg: GuildInfoRequest) -> GuildReady:
@@ -285,7 +292,7 @@ class Actions:
             application_id=inv.application_id,
             interaction_token=inv.token,
         )
-        sent = await self._discord(
+        sent = await self.call_discord(
             self.gw.http().send_multipart_helper(
                 route,
                 files=[],
@@ -323,7 +330,7 @@ class Actions:
                 }
             )
         try:
-            await self._discord(self.gw.http().request(route, form=form, files=uploads))
+            await self.call_discord(self.gw.http().request(route, form=form, files=uploads))
         finally:
             for f in uploads:
                 f.close()
@@ -331,7 +338,7 @@ class Actions:
     # --- direct messages --------------------------------------------------------------
 
     async def open_dm(self, msg: OpenDirectMessage) -> DirectChannel:
-        channel = await self._discord(self.gw.http().start_private_message(msg.user_id))
+        channel = await self.call_discord(self.gw.http().start_private_message(msg.user_id))
         return DirectChannel(str(channel["id"]))
 
     # --- native polls -----------------------------------------------------------------
@@ -344,7 +351,7 @@ class Actions:
             duration=msg.hours,
             allow_multiselect=msg.multiple,
         )
-        sent = await self._discord(
+        sent = await self.call_discord(
             self.gw.http().send_message(
                 msg.channel_id,
                 msg.content or None,
@@ -358,7 +365,7 @@ class Actions:
         return PollSent(str(sent["id"]), expiry, answer_ids)
 
     async def expire_poll(self, msg: ExpirePoll) -> Done:
-        await self._discord(self.gw.http().expire_poll(msg.channel_id, msg.message_id))
+        await self.call_discord(self.gw.http().expire_poll(msg.channel_id, msg.message_id))
         return Done()
 
     async def poll_voters(self, msg: PollVotersRequest) -> PollVotes:
@@ -366,7 +373,7 @@ class Actions:
         for answer_id in msg.answer_ids:
             found: list[str] = []
             while True:
-                page = await self._discord(
+                page = await self.call_discord(
                     self.gw.http().get_answer_voters(
                         msg.channel_id,
                         msg.message_id,
@@ -385,7 +392,7 @@ class Actions:
     # --- guild scheduled events -------------------------------------------------------
 
     async def create_scheduled_event(self, msg: CreateScheduledEvent) -> ScheduledEventInfo:
-        created = await self._discord(
+        created = await self.call_discord(
             self.gw.http().create_scheduled_event(
                 msg.guild_id,
                 name=msg.name,
@@ -400,7 +407,7 @@ class Actions:
         return ScheduledEventInfo(scheduled_event(created))
 
     async def list_scheduled_events(self, msg: ListScheduledEvents) -> ScheduledEventList:
-        found = await self._discord(
+        found = await self.call_discord(
             self.gw.http().get_scheduled_events(msg.guild_id, with_user_count=True)
         )
         return ScheduledEventList([scheduled_event(e) for e in found])
@@ -408,7 +415,7 @@ class Actions:
     async def scheduled_event_users(self, msg: ScheduledEventUsers) -> UserIds:
         users: list[str] = []
         while True:
-            page = await self._discord(
+            page = await self.call_discord(
                 self.gw.http().get_scheduled_event_users(
                     msg.guild_id, msg.event_id, PAGE, after=users[-1] if users else None
                 )

@@ -57,12 +57,14 @@ class GatewaySocket(DiscordWebSocket):
     async def from_client(cls, client: Any, *, initial: bool = False, **params: Any) -> Any:
         saved: SavedSession | None = getattr(client, "resume_from", None)
         if saved is not None:
-            client.resume_from = None
             logger.info("resuming session {} at seq {}", saved.session_id[:8], saved.seq)
             params.update(session=saved.session_id, sequence=saved.seq, resume=True)
             if saved.resume_url:  # Discord asks for resumes to go to this URL
                 params["gateway"] = f"{saved.resume_url}?encoding=json&v=10&compress=zlib-stream"
         ws = await super().from_client(client, initial=initial, **params)
+        # Only once a socket is open: a first connect that fails (an outage) tries to RESUME
+        # again rather than identifying afresh and losing what was dispatched meanwhile.
+        client.resume_from = None
         ws.sink = getattr(client, "on_dispatch", None)
         return ws
 

@@ -23,6 +23,7 @@ class Guild:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {id, name, type}
     bans: int | None = None
     member_count: int = 0  # Discord's total; members above may be a subset until chunked
+    banned: set[str] | None = None  # the banned user ids, once all of them were fetched
 
     def counts(self) -> GuildCounts:
         bots = sum(self.members.values())
@@ -49,6 +50,7 @@ class Guild:
             "channels": self.channels,
             "bans": self.bans,
             "member_count": self.member_count,
+            "banned": None if self.banned is None else sorted(self.banned),
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class Guild:
             dict(d.get("channels", {})),
             d.get("bans"),
             int(d.get("member_count", 0)),
+            None if d.get("banned") is None else {str(u) for u in d["banned"]},
         )
 
 
@@ -75,6 +78,10 @@ def _channel(c: dict[str, Any]) -> dict[str, Any]:
 class GuildState:
     def __init__(self) -> None:
         self.guilds: dict[str, Guild] = {}
+
+    def members(self) -> dict[str, set[str]]:
+        """Each guild's member ids: what a backfill compares with after a gap."""
+        return {gid: set(g.members) for gid, g in self.guilds.items()}
 
     def first(self) -> Guild | None:
         return next(iter(self.guilds.values()), None)
@@ -96,7 +103,7 @@ class GuildState:
             self._add_members(g, d.get("members", []), d.get("presences", []))
             g.channels = {str(c["id"]): _channel(c) for c in d.get("channels", [])}
             old = self.guilds.get(g.id)
-            g.bans = old.bans if old else None
+            g.bans, g.banned = (old.bans, old.banned) if old else (None, None)
             self.guilds[g.id] = g
             return g.id
         gid = str(d.get("guild_id", ""))
@@ -126,8 +133,12 @@ class GuildState:
                 return None
         elif event == "GUILD_BAN_ADD":
             g.bans = None if g.bans is None else g.bans + 1
+            if g.banned is not None:
+                g.banned.add(uid)
         elif event == "GUILD_BAN_REMOVE":
             g.bans = None if g.bans is None else max(0, g.bans - 1)
+            if g.banned is not None:
+                g.banned.discard(uid)
         elif event in ("CHANNEL_CREATE", "CHANNEL_UPDATE"):
             g.channels[str(d["id"])] = _channel(d)
             return None

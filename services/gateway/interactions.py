@@ -11,7 +11,6 @@ tier gets an ephemeral reason, and the owner is never asked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +100,7 @@ class Invocation:
         return Tier.MEMBER if self.guild_id else Tier.PUBLIC
 
     @classmethod
-    def parse(cls, d: dict[str, Any]) -> Invocation | None:
+    def parse(cls, d: dict[str, Any], now: float = 0.0) -> Invocation | None:
         """None for interactions that are not slash commands (buttons, autocomplete...)."""
         if d.get("type") != 2 or not isinstance(d.get("data"), dict):
             return None
@@ -133,7 +132,7 @@ class Invocation:
             guild_id=str(d["guild_id"]) if d.get("guild_id") else None,
             is_admin=bool(perms & (ADMINISTRATOR | MANAGE_GUILD)),
             roles=tuple(str(r) for r in member.get("roles") or []),
-            created=time.monotonic(),
+            created=now,  # the gateway's monotonic clock
             subcommand=" ".join(path) or None,
         )
 

@@ -108,6 +108,27 @@ CALLS: tuple[DiscordCall, ...] = (
         "/resources/guild#get-guild-bans",
     ),
     DiscordCall(
+        "backfill",
+        "a fresh IDENTIFY after a stored position (Discord refused to RESUME)",
+        "Get Channel Messages",
+        "GET",
+        "/channels/{channel.id}/messages?after={message.id}&limit=100",
+        "for each readable channel, thread and DM: after its newest stored message, page by "
+        "page (each sorted by id: Discord sends pages newest first), up to the first message "
+        "received live; a channel with nothing stored: before=, back to the gap's start",
+        "/resources/message#get-channel-messages",
+    ),
+    DiscordCall(
+        "backfill_members",
+        "the same backfill",
+        "Get Guild Bans; Get User",
+        "GET",
+        "/guilds/{guild.id}/bans?limit=1000&after={user.id}; /users/{user.id}",
+        "every ban, page by page, compared (with GUILD_CREATE's members) with the view from "
+        "before the gap; a departed member's name",
+        "/resources/guild#get-guild-bans",
+    ),
+    DiscordCall(
         "members",
         "discord.counts, discord.guild",
         "none: the gateway's cache",

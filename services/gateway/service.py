@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +37,7 @@ from protocol.discord import (
 from protocol.messages import Message
 from protocol.runtime import Refused, Service
 from services.gateway.actions import Actions
+from services.gateway.backfill import Backfill
 from services.gateway.connection import GatewayClient
 from services.gateway.convert import convert
 from services.gateway.interactions import (
@@ -81,6 +81,7 @@ class GatewayService:
         self.service = service
         self.gw = gw
         self.actions = Actions(gw)
+        self.backfill = Backfill(service, gw, self.actions)
 
     def configure(self, settings: Settings) -> None:
         self.gw.request_timeout_s = settings.request_timeout_s
@@ -100,10 +101,16 @@ class GatewayService:
         saved = self.gw.session_file.load()
         assert self.service.bus is not None and self.service.bus.outbox is not None
         stored = await self.service.bus.outbox.get_meta(POSITION_KEY)
+        position = json.loads(stored) if stored is not None else {}
+        # When that position was reached: a gap, if Discord refuses to resume, starts here.
+        self.gw.last_event_at = position.pop("at", None)
+        if self.gw.last_event_at is None and saved is not None:
+            self.gw.last_event_at = self.gw.session_file.path.stat().st_mtime
         if saved is not None and stored is not None:
             # The outbox holds the position committed with the events themselves: it wins.
-            at = Position(**json.loads(stored))
+            at = Position(**position)
             saved.session_id, saved.seq, saved.resume_url = at.session_id, at.seq, at.resume_url
+        await self.backfill.load()
         self.gw.client = GatewayClient(
             identify_delay_s=settings.identify_delay_s,
             on_state=self._publish_connection,
@@ -123,10 +130,9 @@ class GatewayService:
             if saved.bot_user_id:  # retained: services that start later get them too
                 for guild in self.gw.guilds.guilds.values():
                     await self.service.publish(guild.ready(saved.bot_user_id))
-        for owner in set(self.service.ctx.topology.commands.values()):
-            self.service.bus.channel(
-                owner
-            )  # connect early: interactions must be answered within 3 s
+        # Connect early to the commands' owners: interactions must be answered within 3 s.
+        for owner in set(self.service.ctx.topology.commands.values()) - {self.service.name}:
+            self.service.bus.channel(owner)
 
     async def _log_in(self) -> None:
         """Log in, retrying with backoff while Discord cannot be reached; a rejected token
@@ -182,6 +188,7 @@ class GatewayService:
             tg.start_soon(self.save_session)
             tg.start_soon(self.report_latency)
             tg.start_soon(self.publish_counts)
+            tg.start_soon(self.backfill.run)  # after a gap; never in the live path
             await self.gw.client.connect(reconnect=True)
             tg.cancel_scope.cancel()
 
@@ -216,13 +223,15 @@ class GatewayService:
                 self._on_ready(d)
             elif event == "RESUMED":
                 logger.info("session resumed at seq {}", seq)
+                self.backfill.resumed()
                 self._publish_connection("resumed")
             elif event == "INTERACTION_CREATE":
-                invocation = Invocation.parse(d)
+                invocation = Invocation.parse(d, self.service.clock.monotonic())
                 if invocation is not None and self.gw.tg is not None:
                     if isinstance(seq, int):
                         self.gw.unanswered[invocation.id] = seq
                     self.gw.tg.start_soon(self.answer_interaction, invocation)
+            self.backfill.observe(event, d)
             changed = self.gw.guilds.apply(event, d)
             if changed:
                 self.gw.counts_dirty.add(changed)
@@ -240,6 +249,8 @@ class GatewayService:
             if isinstance(seq, int) and self.gw.session_id
             else None
         )
+        if position is not None:
+            self.gw.last_event_at = now
         self.gw.queue.append((position, events))
         self.gw.queue_wake.set()
 
@@ -248,17 +259,32 @@ class GatewayService:
         self.gw.unanswered.clear()  # sequence numbers of the old session mean nothing in the new
         self.gw.resume_url = d.get("resume_gateway_url")
         self.gw.bot_id = str((d.get("user") or {}).get("id", self.gw.bot_id))
-        if self.gw.resumed_from is not None:
-            logger.warning(
-                "Discord refused to resume session {}: identified afresh; events "
-                "after seq {} may be missing (possible gap)",
-                self.gw.resumed_from.session_id[:8],
-                self.gw.resumed_from.seq,
-            )
-            self.gw.resumed_from = None
-            self._publish_connection("identified_after_gap")
-        else:
+        refused, self.gw.resumed_from = self.gw.resumed_from, None
+        if self.gw.last_event_at is None and self.backfill.gap is None:
+            self.backfill.connected.set()  # the very first session: nothing before it
             self._publish_connection("connected")
+            return
+        # A fresh session after a stored position: whatever Discord dispatched meanwhile
+        # is gone from the gateway; read it back from the history (backfill.py).
+        now = self.service.clock.wall()
+        since = self.gw.last_event_at
+        gap_s = f"{now - since:.0f} s" if since is not None else "unknown length"
+        if refused is not None:
+            logger.warning(
+                "Discord refused to resume session {} at seq {}: identified afresh; "
+                "backfilling the gap ({}) from Discord's history",
+                refused.session_id[:8],
+                refused.seq,
+                gap_s,
+            )
+        else:
+            logger.warning(
+                "a new Discord session after a gap ({}): backfilling from Discord's history",
+                gap_s,
+            )
+        guild_ids = [str(g["id"]) for g in d.get("guilds") or [] if isinstance(g, dict)]
+        self.backfill.gap_found(since, now, self.gw.session_id, guild_ids)
+        self._publish_connection("identified_after_gap")
 
     async def publish_in_order(self) -> None:
         """Outbox first, then the saved sequence: a RESUME replays whatever is not stored."""
@@ -276,9 +302,7 @@ class GatewayService:
                 if durable:
                     # The position goes into the same outbox transaction as the events: after
                     # a crash, a RESUME replays exactly what is not stored, nothing twice.
-                    meta = (
-                        {POSITION_KEY: json.dumps(asdict(self._resumable(last)))} if last else None
-                    )
+                    meta = self._position_meta(self._resumable(last)) if last else None
                     await self.service.publish_many(durable, meta)
                 for m in batch:
                     if not m.DURABLE:
@@ -296,6 +320,10 @@ class GatewayService:
             await self._save_session()
             await anyio.sleep(SESSION_SAVE_EVERY_S)
 
+    def _position_meta(self, at: Position) -> dict[str, str]:
+        """The position for the outbox, with when it was reached (a gap's start)."""
+        return {POSITION_KEY: json.dumps({**asdict(at), "at": self.gw.last_event_at})}
+
     def _resumable(self, at: Position) -> Position:
         """Not past a slash command still waiting for its first response: if we die now, the
         RESUME replays it and our successor answers (often still inside Discord's 3 s)."""
@@ -312,7 +340,7 @@ class GatewayService:
             at = self._resumable(self.gw.committed)
             if self.gw.session_file is None or at == self.gw.saved:
                 return
-            await self.service.publish_many([], {POSITION_KEY: json.dumps(asdict(at))})
+            await self.service.publish_many([], self._position_meta(at))
             await self.gw.session_file.save(
                 SavedSession(
                     at.session_id, at.seq, at.resume_url, self.gw.bot_id, self.gw.guilds.to_json()
@@ -429,7 +457,7 @@ class GatewayService:
         return CommandAnswer(help_text(Tier(msg.tier), enabled), ephemeral=True)
 
     def _remember(self, inv: Invocation) -> None:
-        cutoff = time.monotonic() - INTERACTION_TTL_S
+        cutoff = self.service.clock.monotonic() - INTERACTION_TTL_S
         for key in [k for k, v in self.gw.interactions.items() if v.created < cutoff]:
             del self.gw.interactions[key]
         self.gw.interactions[inv.id] = inv

@@ -44,6 +44,9 @@ class Gateway:
         self.queue_wake = anyio.Event()
         self.queue_drained = anyio.Event()
         self.committed: Position | None = None  # every event up to here is in the outbox
+        # Wall time of the latest event received (or, at start, of the stored position):
+        # where a gap begins if Discord refuses the next RESUME.
+        self.last_event_at: float | None = None
         self.seq_committed = anyio.Event()
         self.saved: Position | None = None
         self.save_lock = anyio.Lock()

@@ -4,9 +4,10 @@
 with the previous one: a service crashed (its restart count went up), went
 FATAL, is flapping (several restarts within a window), a breaker opened, memory
 or disk crossed a threshold; and the matching recovery when that condition
-clears. Its state is a plain dict, saved in persistence, so a restart of the
-heartbeat neither forgets a crash that happened while it was down nor repeats
-alerts it already sent.
+clears. Persistence's `store.health` says when storage refuses writes and when it
+writes again: one alert per incident, one recovery. Its state is a plain dict,
+saved in persistence, so a restart of the heartbeat neither forgets a crash that
+happened while it was down nor repeats alerts it already sent.
 
 `AlertGroup` collects alerts for a few seconds and releases them as one
 message, so an outage that trips ten conditions is one ping, not ten.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.messages import SupervisorStatus
+from protocol.store import StorageHealth
 
 FLAP_RESTARTS = 3
 FLAP_WINDOW_S = 600.0
@@ -75,7 +77,7 @@ class AlertDetector:
             # A new supervisor counts restarts from zero: start over, and say so.
             alerts.append(Alert(f"bot-restart:{sup_pid}", "The whole bot restarted."))
             self.seen, self.restart_times = {}, {}
-            self.active = {k for k in self.active if k in ("memory", "disk")}
+            self.active = {k for k in self.active if k in ("memory", "disk", "storage")}
         self.supervisor_pid = sup_pid
         services = status.services
         for svc in services:
@@ -151,6 +153,22 @@ class AlertDetector:
             alerts.append(Alert(key, text, recovery=True))
         return alerts
 
+    def storage(self, health: StorageHealth) -> list[Alert]:
+        """Storage refusing writes, once per incident (persistence repeats itself when it
+        restarts, and the retained event comes again when we do); then its recovery."""
+        if not health.ok and "storage" not in self.active:
+            self.active.add("storage")
+            since = f"<t:{int(health.since)}:T>"  # Discord shows it in the reader's time
+            text = (
+                f"**storage** refuses writes since {since}: {health.detail}. Nothing is "
+                "lost: events wait in their senders' outboxes until it writes again"
+            )
+            return [Alert("storage", text)]
+        if health.ok and "storage" in self.active:
+            self.active.discard("storage")
+            return [Alert("storage", "**storage** writes again", recovery=True)]
+        return []
+
     def _level(self, key: str, label: str, percent: float | None, limit: float) -> list[Alert]:
         if percent is None:
             return []
@@ -189,6 +207,7 @@ class AlertGroup:
     first_at: float | None = None
 
     def add(self, alerts: list[Alert]) -> None:
+        alerts = [a for a in alerts if a not in self.pending]  # a redelivered event
         if alerts and self.first_at is None:
             self.first_at = self.now()
         self.pending += alerts
@@ -202,7 +221,7 @@ class AlertGroup:
 
     def put_back(self, alerts: list[Alert]) -> None:
         """Sending failed: they go out with the next try, ahead of newer ones."""
-        self.pending = alerts + self.pending
+        self.pending = alerts + [a for a in self.pending if a not in alerts]
         if self.pending and self.first_at is None:
             self.first_at = self.now()
 

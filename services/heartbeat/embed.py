@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.discord import ConnectionState
+from protocol.discord import ConnectionState, GapBackfilled
 from protocol.messages import SupervisorStatus
 from protocol.store import Usage
 from services.heartbeat.health import HostSample, duration
@@ -29,6 +29,7 @@ class Snapshot:
     host: HostSample | None = None
     cpu: dict[int, float | None] = field(default_factory=dict)
     connection: ConnectionState | None = None  # the gateway's latest
+    gap: GapBackfilled | None = None  # the gateway's latest backfill after a gap
     db_bytes: int | None = None
     llm: Usage | None = None  # the model usage of the last hour
 
@@ -72,6 +73,16 @@ def connection_text(snap: Snapshot) -> str:
     text = conn.state + ("" if latency is None else f" · {latency:.0f} ms")
     silent = snap.at - (conn.at or snap.at)
     return text + (f"\n(last heard {duration(silent)} ago)" if silent > STALE_CONNECTION_S else "")
+
+
+def discord_text(snap: Snapshot) -> str:
+    """The connection, and the latest gap (with when) if there was one."""
+    text = connection_text(snap)
+    gap = snap.gap
+    if gap is not None:
+        ago = f" ({duration(snap.at - gap.at)} ago)" if gap.at else ""
+        text += "\n" + gap.line() + ago
+    return text
 
 
 def _mb(value: float | None) -> str:
@@ -126,7 +137,7 @@ def status_embed(snap: Snapshot) -> dict[str, Any]:
                 "inline": True,
             }
         )
-    fields.append({"name": "Discord", "value": connection_text(snap), "inline": True})
+    fields.append({"name": "Discord", "value": discord_text(snap), "inline": True})
     fields.append(
         {
             "name": "Database",
@@ -140,6 +151,9 @@ def status_embed(snap: Snapshot) -> dict[str, Any]:
         llm += f"\np50 {p50:.0f} ms"
     if rate is not None:
         llm += f" · errors {rate:.0%}"
+    if snap.llm is not None and snap.llm.by_provider:  # which provider answered
+        by = sorted(snap.llm.by_provider.items(), key=lambda kv: (-kv[1], kv[0]))
+        llm += "\nby " + ", ".join(f"{name} {count}" for name, count in by)
     fields.append({"name": "LLM", "value": llm, "inline": True})
     breakers = snap.open_breakers()
     fields.append({"name": "Breakers", "value": "\n".join(breakers)[:1000] or "all closed"})
@@ -165,5 +179,5 @@ def summary_text(snap: Snapshot) -> str:
     if snap.status is not None:
         parts.append(f"up {duration(snap.status.supervisor.get('uptime_s'))}")
     if snap.connection is not None:
-        parts.append("Discord " + connection_text(snap).replace("\n", " "))
+        parts.append("Discord " + discord_text(snap).replace("\n", " "))
     return " · ".join(parts)

@@ -1,9 +1,11 @@
 """The heartbeat service: one status embed for admins, alerts when something breaks.
 
 Listens to: `supervisor.status` (every service's state, pushed at each transition
-and every few seconds), `discord.connection` (state, latency), `discord.guild.ready`
-(to find the admin channel; retained, so it arrives at start too), and the
-`/status` and `/restart` commands.
+and every few seconds), `discord.connection` (state, latency), `discord.gap.backfilled`
+(what the gateway recovered after Discord refused to resume: one line in the admin
+channel), `discord.guild.ready` (to find the admin channel; retained, so it arrives at
+start too), `store.health` (persistence refusing writes, and writing again; retained
+too), and the `/status` and `/restart` commands.
 Does: looks at each status it gets, with the host's memory and disk (sampled every
 `check_s`, health.py), for crashes, FATAL services, flapping, open breakers, memory
 and disk (alerts.py); every `interval_s` edits the status embed in place (embed.py)
@@ -37,12 +39,13 @@ from protocol.discord import (
     CommandInvoked,
     ConnectionState,
     EditMessage,
+    GapBackfilled,
     GuildReady,
     SendMessage,
 )
 from protocol.messages import SUPERVISOR, RestartRequest, SupervisorStatus
 from protocol.runtime import Service
-from protocol.store import STORE, KvGet, KvSet, StoreCounts, Usage, UsageRequest
+from protocol.store import STORE, KvGet, KvSet, StorageHealth, StoreCounts, Usage, UsageRequest
 from services.heartbeat.alerts import Alert, AlertDetector, AlertGroup, Thresholds, alert_message
 from services.heartbeat.embed import Snapshot, status_embed, summary_text
 from services.heartbeat.health import HostSample, ProcessCpu, host_sample, service_pids
@@ -70,6 +73,8 @@ class Heartbeat:
         self.status_at = 0.0  # monotonic
         self.host: HostSample | None = None
         self.connection: ConnectionState | None = None
+        self.storage: StorageHealth | None = None
+        self.gap: GapBackfilled | None = None  # the gateway's latest backfill after a gap
         self.channels: list[dict[str, Any]] = []
         self.admin_channel_id: str | None = None
         self.status_message: dict[str, str] | None = None  # {channel_id, message_id}
@@ -107,6 +112,28 @@ class Heartbeat:
 
     async def on_connection(self, msg: ConnectionState) -> None:
         self.connection = msg
+
+    async def on_storage(self, msg: StorageHealth) -> None:
+        self.storage = msg
+        if self.state_loaded:  # else the alert state of the previous run comes first
+            self.detect_storage()
+
+    def detect_storage(self) -> None:
+        assert self.storage is not None
+        alerts = self.detector.storage(self.storage)
+        if alerts:
+            logger.warning("alerts: {}", "; ".join(a.text for a in alerts))
+            self.group.add(alerts)
+            self.state_dirty = True
+
+    async def on_gap(self, msg: GapBackfilled) -> None:
+        """The gateway read back what Discord did not send during a gap: once it is done,
+        one line in the admin channel (through the alert group, saved across restarts)."""
+        self.gap = msg
+        if not msg.done:
+            return
+        self.group.add([Alert(f"gap:{msg.gap_id}", msg.line(), recovery=True)])
+        self.state_dirty = True
 
     async def on_guild_ready(self, msg: GuildReady) -> None:
         self.channels = list(msg.channels)
@@ -159,6 +186,8 @@ class Heartbeat:
         await self.load_state()
         if self.status is not None:
             self.detect()  # what happened while this service was down
+        if self.storage is not None:
+            self.detect_storage()
         next_sample = next_embed = self.clock.monotonic()
         async with aiohttp.ClientSession() as http, anyio.create_task_group() as pings:
             while True:
@@ -188,6 +217,7 @@ class Heartbeat:
             host=self.host,
             cpu=self.cpu.read(service_pids(status.services if status else [])),
             connection=self.connection,
+            gap=self.gap,
             db_bytes=self.db_bytes,
             llm=self.llm,
         )
@@ -335,6 +365,8 @@ def build(clock: Clock | None = None) -> tuple[Service, Heartbeat]:
 
     service.event(SupervisorStatus)(heartbeat.on_status)
     service.event(ConnectionState)(heartbeat.on_connection)
+    service.event(StorageHealth)(heartbeat.on_storage)
+    service.event(GapBackfilled)(heartbeat.on_gap)
     service.event(GuildReady)(heartbeat.on_guild_ready)
     service.command("status")(heartbeat.on_status_command)
     service.command("restart")(heartbeat.on_restart_command)

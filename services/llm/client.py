@@ -1,4 +1,10 @@
-"""The model endpoint: one AsyncOpenAI client per process, retries, a breaker, a cache.
+"""The model endpoints: one AsyncOpenAI client per provider, retries, breakers, a cache.
+
+`LlmClient` asks the providers in order (settings.py: base_url + model, then
+`fallbacks`): a provider whose breaker is open is skipped, and one that fails before
+any text reached the user (unavailable, busy, timing out, refusing our key, answering
+garbage; after its own retries) hands the question to the next. Each provider is an
+`Endpoint` with its own client and breaker; the `Completion` names who answered.
 
 Every failure leaves here as an `LlmFailure` carrying its `Outcome`, so OpenAI's types
 never leave this module. What is retried (with tenacity, jittered) and what is not:
@@ -15,13 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import statistics
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pydantic
@@ -32,7 +40,7 @@ from openai import AsyncOpenAI, AsyncStream
 from protocol.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from services.llm.messages import LlmStats
 from services.llm.outcomes import Outcome
-from services.llm.settings import Settings
+from services.llm.settings import DEFAULT_KEY_ENV, Settings
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    provider: str = ""  # the name of the provider that answered
+    model: str = ""
 
 
 class LlmFailure(Exception):
@@ -66,15 +76,145 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+# Failures of the provider rather than of the question: the next provider may answer.
+HAND_OVER = frozenset(
+    {
+        Outcome.MODEL_UNAVAILABLE,
+        Outcome.MODEL_BUSY,
+        Outcome.TIMEOUT,
+        Outcome.AUTH_FAILED,
+        Outcome.BAD_RESPONSE,
+    }
+)
+
+
+def host_of(url: str) -> str:
+    """A provider's default name: its URL's host (never the path or credentials)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname or url}{port}"
+
+
 class LlmClient:
+    """The providers in order of preference; `stream` asks them until one answers."""
+
     def __init__(
         self,
         settings: Settings,
         api_key: str | None,
         base_url: str,
         clock: Callable[[], float] = time.monotonic,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
+        """`api_key` and `base_url` are the first provider's (OPENAI_API_KEY, and
+        OPENAI_BASE_URL or base_url); the fallbacks' keys come from `environ`."""
+        first = (settings.provider_name or host_of(base_url), settings.model, base_url)
+        specs = [(*first, api_key, DEFAULT_KEY_ENV)]
+        specs += [
+            (
+                p.name or host_of(p.base_url),
+                p.model,
+                p.base_url,
+                environ.get(p.api_key_env),
+                p.api_key_env,
+            )
+            for p in settings.fallbacks
+        ]
+        self.endpoints: list[Endpoint] = []
+        for i, (name, model, url, key, key_env) in enumerate(specs):
+            if any(e.name == name for e in self.endpoints):
+                name = f"{name}#{i + 1}"  # two unnamed providers on one host
+            self.endpoints.append(Endpoint(name, model, url, key, key_env, settings, clock))
+        self.settings = settings
+        self.last_provider: str | None = None
+        if len(self.endpoints) > 1:
+            logger.info(
+                "llm: providers in order: {}",
+                ", ".join(f"{e.name} ({e.model})" for e in self.endpoints),
+            )
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first provider's breaker."""
+        return self.endpoints[0].breaker
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+        self.endpoints[0].model = settings.model  # live; the fallbacks' on restart
+        for endpoint in self.endpoints:
+            endpoint.configure(settings)
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.close()
+
+    def unavailable_for(self) -> float | None:
+        """Seconds until some provider may be asked again, if every breaker is open now."""
+        waits = [e.unavailable_for() for e in self.endpoints]
+        return None if None in waits else min(w for w in waits if w is not None)
+
+    async def stream(
+        self, messages: list[dict[str, str]], on_delta: Callable[[str], None]
+    ) -> Completion:
+        """Stream one answer from the first provider that gives one; raises `LlmFailure`
+        (the last provider's) if none does. Once any text has reached the user, a
+        failure is final: a second provider's answer cannot continue the first's."""
+        failure: LlmFailure | None = None
+        for i, endpoint in enumerate(self.endpoints):
+            if not endpoint.breaker.allows():
+                continue
+            shown = False
+
+            def feed(piece: str) -> None:
+                nonlocal shown
+                shown = True
+                on_delta(piece)
+
+            try:
+                completion = await endpoint.stream(messages, feed)
+            except LlmFailure as exc:
+                if shown or exc.outcome not in HAND_OVER:
+                    raise
+                failure = exc
+                rest = [e.name for e in self.endpoints[i + 1 :] if e.breaker.allows()]
+                if rest:
+                    logger.warning(
+                        "model: {} failed ({}): asking {}",
+                        endpoint.name,
+                        exc.outcome.value,
+                        rest[0],
+                    )
+                continue
+            self.last_provider = endpoint.name
+            return completion
+        down_for = self.unavailable_for()
+        if failure is None or (failure.outcome is Outcome.MODEL_UNAVAILABLE and down_for):
+            detail = str(failure) if failure else "every provider's breaker is open"
+            raise LlmFailure(
+                Outcome.MODEL_UNAVAILABLE, down_for or self.settings.breaker_reset_s, detail
+            )
+        raise failure
+
+
+class Endpoint:
+    """One provider: its AsyncOpenAI client, retries and breaker."""
+
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        api_key_env: str,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.model = model
         self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.answered = 0
+        self.failed = 0
         self._has_key = bool(api_key)
         # max_retries=0: retries are ours (one policy, with the breaker seeing each attempt).
         self.sdk = AsyncOpenAI(
@@ -84,7 +224,7 @@ class LlmClient:
             timeout=settings.request_timeout_s,
         )
         self.breaker = CircuitBreaker(
-            "llm->model",
+            f"llm->model {name}",
             failure_threshold=settings.breaker_failures,
             reset_timeout_s=settings.breaker_reset_s,
             clock=clock,
@@ -117,7 +257,8 @@ class LlmClient:
         """Stream one answer, calling `on_delta` with each piece; raises `LlmFailure`."""
         s = self.settings
         if not self._has_key:
-            self._tell_operator("OPENAI_API_KEY is not set")
+            self._tell_operator(f"{self.api_key_env} is not set")
+            self.failed += 1
             raise LlmFailure(Outcome.AUTH_FAILED, detail="no API key")
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(s.max_attempts),
@@ -130,13 +271,19 @@ class LlmClient:
                 with attempt:
                     n = attempt.retry_state.attempt_number
                     if n > 1:
-                        logger.info("model: attempt {} of {}", n, s.max_attempts)
-                    return await self._attempt(messages, on_delta)
+                        logger.info("model {}: attempt {} of {}", self.name, n, s.max_attempts)
+                    completion = await self._attempt(messages, on_delta)
+                    self.answered += 1
+                    return completion
         except _Retryable as exc:
+            self.failed += 1
             retry_in = exc.retry_in_s
             if exc.outcome is Outcome.MODEL_UNAVAILABLE:
                 retry_in = self.unavailable_for() or s.breaker_reset_s
             raise LlmFailure(exc.outcome, retry_in, str(exc)) from exc
+        except LlmFailure:
+            self.failed += 1
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -163,7 +310,7 @@ class LlmClient:
             if s.max_completion_tokens:
                 extra["max_completion_tokens"] = s.max_completion_tokens
             stream = await self.sdk.chat.completions.create(
-                model=s.model,
+                model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
                 stream_options={"include_usage": True},
@@ -243,6 +390,8 @@ class LlmClient:
             usage.prompt_tokens if usage else 0,
             usage.completion_tokens if usage else 0,
             finish,
+            self.name,
+            self.model,
         )
 
     def _tell_operator(self, what: str) -> None:
@@ -251,9 +400,11 @@ class LlmClient:
             return
         self._operator_told = True
         logger.error(
-            "the model endpoint refused our credentials ({}): set OPENAI_API_KEY to a valid "
-            "key for {} (or fix base_url in [services.llm.settings]) and restart llm",
+            "the model endpoint {} refused our credentials ({}): set {} to a valid key for {} "
+            "(or fix its base_url in [services.llm.settings]) and restart llm",
+            self.name,
             what,
+            self.api_key_env,
             self.base_url,
         )
 
@@ -312,7 +463,7 @@ class Stats:
         if latency_ms is not None and outcome is Outcome.OK:
             self._latencies.append(latency_ms)
 
-    def snapshot(self, cache: AnswerCache, breaker: CircuitBreaker) -> LlmStats:
+    def snapshot(self, cache: AnswerCache, client: LlmClient) -> LlmStats:
         return LlmStats(
             requests=self.requests,
             cache_hits=cache.hits,
@@ -320,5 +471,16 @@ class Stats:
             errors_by_outcome={k: v for k, v in self.by_outcome.items() if not Outcome(k).ok},
             outcomes=dict(self.by_outcome),
             latency_p50_ms=statistics.median(self._latencies) if self._latencies else None,
-            breaker=breaker.state.value,
+            breaker=client.breaker.state.value,
+            providers=[
+                {
+                    "name": e.name,
+                    "model": e.model,
+                    "breaker": e.breaker.state.value,
+                    "answered": e.answered,
+                    "failed": e.failed,
+                }
+                for e in client.endpoints
+            ],
+            last_provider=client.last_provider,
         )

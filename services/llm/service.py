@@ -2,7 +2,9 @@
 
 Listens to
 - `discord.message.created`: answers an @mention, a reply to the bot, a DM, or anything
-  in a conversation channel; never bots (itself included), never @everyone alone;
+  in a conversation channel; never bots (itself included), never @everyone alone; a
+  question the gateway found in Discord's history after a gap (`backfilled`) only while
+  younger than `late_answer_max_age_s`, with a note that the answer is late;
 - `discord.guild.ready` (retained: it comes on connecting, whenever llm starts) and
   `discord.connection`: who the bot is, what places are called;
 - /ask, /reset, /usage (protocol/commands.py); `llm.stats` for its own counters;
@@ -79,6 +81,8 @@ from services.llm.stream import Pacer, ReplyStreamer, Sink, split_message
 # /reset marks, in persistence's key-value store: "<channel>" for the whole channel (an
 # admin's /reset), "<channel>:<user>" for one person's conversation there.
 RESET_NAMESPACE = "llm.reset"
+# Above an answer to a question the gateway found after a gap (Discord's subtext).
+LATE_NOTE = "-# Late answer: I was disconnected from Discord when you asked."
 # /reset and /usage are not deferred: the gateway waits 2 s for their answer.
 COMMAND_STORE_TIMEOUT_S = 1.5
 
@@ -261,6 +265,11 @@ class Llm:
             self.channel_names[msg.channel_id] = msg.channel_name
         if not should_answer(msg, self.bot_id, self.settings.conversation_channels):
             return
+        if msg.backfilled:  # asked while the bot was cut off from Discord (a gap)
+            age = self.clock.wall() - msg.created_at
+            if age > self.settings.late_answer_max_age_s:
+                logger.info("llm: {} found after a gap, {:.0f} s old: not answered", msg.id, age)
+                return
         if not self._answered.add(msg.id):
             # A redelivery (the gateway RESUMEd and Discord replayed it): answered once only.
             logger.info("llm: {} already answered", msg.id)
@@ -282,7 +291,9 @@ class Llm:
         started = self.clock.monotonic()
         s = self.settings
         text = strip_mention(msg.content, self.bot_id) or msg.content.strip()
-        sink = ChannelSink(self, msg.channel_id, msg.id)
+        sink = ChannelSink(self, msg.channel_id, msg.id, LATE_NOTE if msg.backfilled else None)
+        if msg.backfilled:
+            logger.info("llm: answering {} late (found after a gap)", msg.id)
         gate = self._gate(msg.author_id, msg.guild_id, text)
         if gate is not None:
             if gate.say:
@@ -469,7 +480,8 @@ class Llm:
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=user_id,
-            model=self.settings.model,
+            model=completion.model if completion else self.settings.model,
+            provider=completion.provider if completion else "",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             latency_ms=latency_ms,
@@ -567,7 +579,7 @@ class Llm:
 
     async def on_stats(self, _: StatsRequest) -> LlmStats:
         assert self.client is not None
-        return self.stats.snapshot(self.cache, self.client.breaker)
+        return self.stats.snapshot(self.cache, self.client)
 
     # --- talking to the gateway -----------------------------------------------------
 
@@ -596,17 +608,26 @@ def format_usage(usage: Usage, window_s: float) -> str:
     ]
     if usage.by_outcome:
         lines.append(", ".join(f"{k}: {v}" for k, v in sorted(usage.by_outcome.items())))
+    if usage.by_provider:
+        by = sorted(usage.by_provider.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("answered by " + ", ".join(f"{k}: {v}" for k, v in by))
     return "\n".join(lines)
 
 
 class ChannelSink:
     """An answer in a channel: a reply, edited in place, continued in new messages."""
 
-    def __init__(self, llm: Llm, channel_id: str, reply_to_id: str | None) -> None:
+    def __init__(
+        self, llm: Llm, channel_id: str, reply_to_id: str | None, note: str | None = None
+    ) -> None:
         self.llm = llm
         self.channel_id = channel_id
         self.reply_to_id = reply_to_id
+        self.note = note  # a line above the first part (a late answer says so)
         self.ids: list[str] = []  # the message of each part
+
+    def _noted(self, index: int, content: str) -> str:
+        return f"{self.note}\n{content}" if self.note and index == 0 else content
 
     def _mentions(self) -> dict[str, Any]:
         return allowed_mentions(self.llm.settings.allow_mentions)
@@ -614,7 +635,7 @@ class ChannelSink:
     async def send(self, index: int, content: str) -> bool:
         msg = SendMessage(
             self.channel_id,
-            content,
+            self._noted(index, content),
             reply_to_id=self.reply_to_id if index == 0 else None,
             allowed_mentions=self._mentions(),
         )
@@ -626,6 +647,7 @@ class ChannelSink:
 
     async def edit(self, index: int, content: str) -> bool:
         message_id = self.ids[index]
+        content = self._noted(index, content)
         msg = EditMessage(self.channel_id, message_id, content, allowed_mentions=self._mentions())
         self.llm.history.edited(message_id, content)
         return await self.llm.gateway(msg) is not None

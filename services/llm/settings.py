@@ -1,19 +1,30 @@
 """The llm service's settings: `[services.llm.settings]`, declared once with their bounds.
 
 Prompts, channels, rates and limits apply live (a reload: SIGHUP or `run.py reload`).
-The connection settings (base_url, request_timeout_s) and max_concurrent apply on
-restart: the one AsyncOpenAI client of the process is built from them. OPENAI_BASE_URL
-in the environment wins over base_url (the sandbox points it at the stand-in).
+The connection settings (base_url, request_timeout_s, fallbacks) and max_concurrent
+apply on restart: the AsyncOpenAI clients of the process are built from them.
+OPENAI_BASE_URL in the environment wins over base_url (the sandbox points it at the
+stand-in).
+
+The provider is base_url + model with the key in OPENAI_API_KEY; `fallbacks` adds
+others, tried in order when the ones before fail (after their retries) or have their
+breaker open:
+
+    fallbacks = [{ name = "backup", base_url = "https://openrouter.ai/api/v1",
+                   model = "openai/gpt-4o-mini", api_key_env = "OPENROUTER_API_KEY" }]
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.discord import MESSAGE_LIMIT
 from protocol.settings import ServiceSettings, channel, setting, template
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 # What a system prompt may say: filled in for each answer (conversation.system_prompt).
 PLACEHOLDERS = ("guild", "channel", "date", "user")
@@ -37,6 +48,30 @@ def _not_empty(value: str) -> tuple[str, str] | None:
     return None if value.strip() else ("is empty", "set a value")
 
 
+def _env_name(value: str) -> tuple[str, str] | None:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return None
+    return f"{value!r} is not an environment variable name", 'name the variable, e.g. "MY_KEY"'
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Another OpenAI-compatible endpoint: `{name, base_url, model, api_key_env}`."""
+
+    base_url: str = setting(check=_http_url)
+    model: str = setting(check=_not_empty)
+    api_key_env: str = setting(DEFAULT_KEY_ENV, check=_env_name)  # holds its key
+    name: str = setting("")  # in /usage and status; default: the URL's host
+
+
+def _unique_names(value: tuple[Provider, ...]) -> tuple[str, str] | None:
+    names = [p.name for p in value if p.name]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"the name {twice[0]!r} is given twice", "give each provider its own name"
+    return None
+
+
 def _channels(value: tuple[str, ...]) -> tuple[str, str] | None:
     return next((found for c in value if (found := channel(c)) is not None), None)
 
@@ -52,6 +87,9 @@ def _prompts(value: dict[str, Any]) -> tuple[str, str] | None:
 class Settings(ServiceSettings):
     base_url: str = setting("https://api.openai.com/v1", check=_http_url, live=False)
     model: str = setting("gpt-4o-mini", check=_not_empty)
+    provider_name: str = setting("", live=False)  # base_url's; default: its host
+    # Tried in order when the providers before them fail or have their breaker open.
+    fallbacks: tuple[Provider, ...] = setting((), check=_unique_names, live=False)
     max_context_tokens: int = setting(3000, min=1)
     max_prompt_chars: int = setting(4000, min=1)
     max_completion_tokens: int | None = setting(None, min=1)  # None: the model's own limit
@@ -87,6 +125,9 @@ class Settings(ServiceSettings):
     # All retries included; the gateway waits 120 s for /ask.
     answer_deadline_s: float = setting(100.0, min=1, max=120)
     usage_window_s: float = setting(7 * 86400.0, min=60)
+    # A question the gateway found in Discord's history after a gap is answered (late,
+    # and saying so) only if it is younger than this; older ones are left unanswered.
+    late_answer_max_age_s: float = setting(600.0, min=0)
 
 
 def base_url(settings: Settings) -> str:

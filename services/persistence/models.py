@@ -25,6 +25,8 @@ from peewee import (
     Model,
     TextField,
 )
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_migrations
 
 
 class BaseModel(Model):
@@ -154,6 +156,7 @@ class LlmExchangeRow(BaseModel):
     latency_ms = DoubleField()
     outcome = TextField()
     at = DoubleField(index=True)
+    provider = TextField(null=True)  # who answered ("" none; NULL: stored before v2)
 
     class Meta:
         table_name = "llm_exchanges"
@@ -189,12 +192,18 @@ def _initial_schema(db: Database) -> None:
     db.create_tables(DATA_MODELS, safe=True)
 
 
+def _exchange_provider(db: Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    run_migrations(migrator.add_column("llm_exchanges", "provider", TextField(null=True)))
+
+
 # Ordered; append only. A fresh database gets the current models at once and the
 # latest version; an older one runs every migration above its version, in order.
 # Later entries use playhouse.migrate (e.g. migrator.add_column) on `db`.
 Migration = tuple[int, str, Callable[[Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _initial_schema),
+    (2, "llm_exchanges.provider: which provider answered", _exchange_provider),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

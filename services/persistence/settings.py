@@ -1,8 +1,9 @@
 """The persistence service's settings: `[services.persistence.settings]`.
 
-All of them apply when the database and the journal are opened, at start: a reload
-names them as waiting for a restart. DATABASE_URL in the environment (any peewee
-database URL) chooses the database; without it, SQLite at DATA_DIR/bot.sqlite3.
+The database and journal settings apply when they are opened, at start: a reload names
+them as waiting for a restart; `storage_alert_after_s` and `sqlite_max_pages` apply
+live. DATABASE_URL in the environment (any peewee database URL) chooses the database;
+without it, SQLite at DATA_DIR/bot.sqlite3.
 """
 
 from __future__ import annotations
@@ -26,3 +27,10 @@ class Settings(ServiceSettings):
     sqlite_synchronous: str = setting("NORMAL", check=_synchronous, live=False)
     # How long a write waits for a lock before its batch is refused for now (redelivered).
     sqlite_busy_timeout_ms: int = setting(5000, min=0, live=False)
+    # Writes failing this long (full disk, database down) is an incident (`store.health`,
+    # an alert); it is over once writes work and none has failed for as long. Keep it
+    # above the senders' longest retransmit interval (5 s).
+    storage_alert_after_s: float = setting(10.0, min=0)
+    # A quota on the SQLite file, in pages (4 KiB): writes beyond it fail as on a full
+    # disk. The tests use it to fill the "disk"; None: no quota but SQLite's own.
+    sqlite_max_pages: int | None = setting(None, min=1)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sqlite3
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ from protocol.discord import (
     MessageEdited,
 )
 from protocol.messages import Message
-from protocol.store import Counts, KvSet, LlmExchange, MemberEventList, Usage
+from protocol.store import Counts, KvSet, LlmExchange, MemberEventList, NewestStored, Usage
 from services.persistence.journal import to_json
 from services.persistence.models import (
     Channel,
@@ -144,6 +145,7 @@ class Store:
         self.db = db
         self.is_sqlite = isinstance(db, SqliteDatabase)
         self._nul_warned = False
+        self._own_max_pages: int | None = None
         bind_models(db)
         self._writers: dict[str, Callable[[list[Any]], None]] = {
             t.TYPE: getattr(self, method) for t, method in self.WRITERS.items()
@@ -163,6 +165,17 @@ class Store:
         if not self.db.is_closed():
             self.db.close()
 
+    def limit_pages(self, pages: int | None) -> None:
+        """SQLite: cap the database at `pages` pages (None: SQLite's own limit); a write
+        beyond it fails with SQLITE_FULL, as on a full disk. Elsewhere: nothing."""
+        if not self.is_sqlite:
+            return
+        with self._unavailable_on_error():
+            if self._own_max_pages is None:
+                self._own_max_pages = self.db.execute_sql("PRAGMA max_page_count").fetchone()[0]
+            wanted = self._own_max_pages if pages is None else pages
+            self.db.execute_sql(f"PRAGMA max_page_count = {int(wanted)}")
+
     @contextmanager
     def _unavailable_on_error(self) -> Iterator[None]:
         """Turn the errors a retry can fix into `DatabaseUnavailable` (dropping a broken
@@ -170,10 +183,11 @@ class Store:
         try:
             yield
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            if not _is_transient(exc, self.is_sqlite):
+            cause = _transient_cause(exc, self.is_sqlite)
+            if cause is None:
                 raise
             self._forget_connection()
-            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise DatabaseUnavailable(f"{type(cause).__name__}: {cause}") from exc
 
     def _forget_connection(self) -> None:
         """After a lost connection the next call must reconnect, not reuse a dead socket."""
@@ -546,6 +560,7 @@ class Store:
                     "latency_ms": e.latency_ms,
                     "outcome": self._text(e.outcome),
                     "at": e.at,
+                    "provider": self._text(e.provider),
                 },
             )
         self._upsert(LlmExchangeRow, list(rows.values()), lambda q: q.on_conflict_ignore())
@@ -618,6 +633,45 @@ class Store:
             kept.append(_message_dict(row))
         kept.reverse()
         return kept
+
+    def newest_messages(self, below: dict[str, str]) -> NewestStored:
+        """The id of each channel's newest stored message (ids compare as numbers), below
+        `below[channel]` where given; and which of those channels are DMs."""
+        m = StoredMessage
+        created = m.created_at.is_null(False)
+        with self._unavailable_on_error():
+            longest = (
+                m.select(m.channel_id, fn.MAX(fn.LENGTH(m.id)).alias("n"))
+                .where(created)
+                .group_by(m.channel_id)
+                .alias("longest")
+            )
+            newest: dict[str, str] = dict(
+                m.select(m.channel_id, fn.MAX(m.id))
+                .join(
+                    longest,
+                    on=(m.channel_id == longest.c.channel_id) & (fn.LENGTH(m.id) == longest.c.n),
+                )
+                .where(created)
+                .group_by(m.channel_id)
+                .tuples()
+            )
+            for channel_id, bound in below.items():
+                if channel_id not in newest:
+                    continue
+                found = (
+                    m.select(m.id)
+                    .where((m.channel_id == channel_id) & created & _id_before(bound))
+                    .order_by(fn.LENGTH(m.id).desc(), m.id.desc())
+                    .limit(1)
+                    .scalar()
+                )
+                if found is None:
+                    del newest[channel_id]
+                else:
+                    newest[channel_id] = found
+            dms = [c for (c,) in Channel.select(Channel.id).where(Channel.is_dm == True).tuples()]  # noqa: E712
+        return NewestStored(newest, sorted(c for c in dms if c in newest))
 
     def reply_chain(self, message_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The message and those it replies to, transitively, oldest first. Deleted ones
@@ -703,6 +757,10 @@ class Store:
             by_outcome = dict(
                 x.select(x.outcome, fn.COUNT(x.id)).where(where).group_by(x.outcome).tuples()
             )
+            answered = where & x.provider.is_null(False) & (x.provider != "")
+            by_provider = dict(
+                x.select(x.provider, fn.COUNT(x.id)).where(answered).group_by(x.provider).tuples()
+            )
             p50 = None
             if n:
                 # The median without loading every row: the middle one (two, when even).
@@ -722,19 +780,33 @@ class Store:
             completion_tokens=int(completion),
             by_outcome={k: int(v) for k, v in by_outcome.items()},
             latency_p50_ms=p50,
+            by_provider={k: int(v) for k, v in by_provider.items()},
         )
 
 
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _is_transient(exc: BaseException, sqlite: bool) -> bool:
-    """Would the same work succeed later (locked, restarting, connection lost)?"""
-    if isinstance(exc, peewee.InterfaceError):
-        return True
-    if not isinstance(exc, peewee.OperationalError):
-        return False
-    return not sqlite or any(word in str(exc).lower() for word in SQLITE_TRANSIENT)
+def _transient_cause(exc: BaseException, sqlite: bool) -> BaseException | None:
+    """Would the same work succeed later (locked, full, restarting, connection lost)?
+    The error that says so, if it would.
+
+    The whole chain counts: on SQLITE_FULL SQLite rolls the transaction back itself,
+    so what reaches us is the ROLLBACK's "no transaction is active", raised while
+    handling "database or disk is full"; taken alone it would make a full disk look
+    like bad rows, to be skipped and lost."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, peewee.InterfaceError):
+            return cause
+        if isinstance(cause, peewee.OperationalError | sqlite3.OperationalError) and (
+            not sqlite or any(word in str(cause).lower() for word in SQLITE_TRANSIENT)
+        ):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 _CHECKED_FIELDS: dict[type, tuple[list[str], list[str]]] = {}

@@ -11,7 +11,7 @@ import asyncio
 
 from bench.chaos import chaos
 
-SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence"]
+SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence", "scheduler"]
 
 
 def test_killing_every_service_and_the_supervisor_loses_and_doubles_nothing() -> None:

@@ -37,6 +37,7 @@ from sandbox.openai_standin import OpenAIStandin, answer_for
 from services.llm import build
 from services.llm.messages import LlmStats, StatsRequest
 from services.llm.outcomes import Outcome as Answered
+from services.llm.service import LATE_NOTE
 from tests.support.fakes import (
     BOT_USER,
     CHANNELS,
@@ -83,7 +84,7 @@ class World:
             author_name=name,
             author_bot=kw.pop("author_bot", False),
             content=content,
-            created_at=time.time(),
+            created_at=kw.pop("created_at", time.time()),
             **kw,
         )
         await self.gateway.service.publish(msg)
@@ -295,6 +296,22 @@ async def test_bots_itself_and_everyone_alone_are_ignored(
         assert world.llm.calls[0].messages[-1]["content"] == "only this one"
         assert set(world.store.exchanges) == {sentinel.id}
         assert [s.reply_to_id for s in world.gateway.of(SendMessage)] == [sentinel.id]
+
+
+async def test_a_question_found_after_a_gap_is_answered_late_saying_so_unless_too_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(tmp_path, monkeypatch, late_answer_max_age_s=600) as world:
+        now = time.time()
+        too_old = await world.mention("asked an hour ago", backfilled=True, created_at=now - 3600)
+        late = await world.mention("asked in the gap", backfilled=True, created_at=now - 30)
+        await world.answered(late)
+        await anyio.sleep(0.2)  # the old one would have been answered by now
+        assert set(world.store.exchanges) == {late.id} and len(world.llm.calls) == 1
+        first = world.gateway.of(SendMessage)[0]
+        assert first.reply_to_id == late.id and first.content.startswith(LATE_NOTE + "\n")
+        assert world.gateway.shown() == [f"{LATE_NOTE}\n{expected(world)}"]
+        assert too_old.id not in {s.reply_to_id for s in world.gateway.of(SendMessage)}
 
 
 # --- context -----------------------------------------------------------------------------

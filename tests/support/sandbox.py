@@ -58,10 +58,17 @@ def free_port() -> int:
 
 
 class Sandbox(Running):
-    def __init__(self, tmp_path: Path, toml: str | None = None, umask: int = -1) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        toml: str | None = None,
+        umask: int = -1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         toml = toml if toml is not None else (ROOT / "services.toml").read_text()
-        super().__init__(tmp_path, toml, args=("--sandbox", "--port", str(self.port)), umask=umask)
+        args = ("--sandbox", "--port", str(self.port))
+        super().__init__(tmp_path, toml, env=env, args=args, umask=umask)
         self.base = f"http://127.0.0.1:{self.port}/_sandbox/"
         wait_for(lambda: self.get("state"), 20, "the emulator")
         self.state = self.get("state")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from protocol.settings import (
     ServiceSettings,
@@ -98,3 +101,23 @@ def test_a_reload_tells_live_changes_from_those_that_wait_for_a_restart() -> Non
     new, _ = parse_settings(Demo, {"interval_s": 10, "base_url": "http://y"}, KEY)
     assert live_and_restart_changes(old, new) == (["interval_s"], ["base_url"])
     assert live_and_restart_changes(old, old) == ([], [])
+
+
+def test_time_zones_work_without_the_system_zoneinfo_directory(tmp_path: Path) -> None:
+    """tzdata (requirements.txt) carries the IANA database: a slim image or Windows with
+    no /usr/share/zoneinfo still checks and uses "Europe/Paris"."""
+    code = (
+        "import zoneinfo, datetime as dt\n"
+        "from protocol.settings import time_zone\n"
+        "assert zoneinfo.TZPATH == (), zoneinfo.TZPATH\n"
+        "assert time_zone('Europe/Paris') is None, time_zone('Europe/Paris')\n"
+        "paris = zoneinfo.ZoneInfo('Europe/Paris')\n"
+        "print(dt.datetime(2024, 7, 1, 12, tzinfo=paris).utcoffset().total_seconds())\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    env = {"PYTHONTZPATH": "", "PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "7200.0"  # CEST

@@ -13,7 +13,7 @@ import pytest
 from protocol.bus import Topology
 from protocol.clock import fixed
 from protocol.commands import Tier
-from protocol.discord import GuildReady, MemberJoined, MessageCreated
+from protocol.discord import ConnectionState, GuildReady, MemberJoined, MessageCreated
 from protocol.messages import Message
 from protocol.runtime import RuntimeContext, Service
 from services.gateway import build
@@ -242,3 +242,41 @@ async def test_the_position_stored_with_the_events_wins_over_the_session_files(
     after, _ = await restarted(tmp_path, stored)
     assert after.gw.committed == Position(SESSION, 9, None)
     assert after.gw.resumed_from is not None and after.gw.resumed_from.seq == 9
+
+
+READY = {"session_id": "s-2", "resume_gateway_url": RESUME_URL, "user": {"id": BOT}, "guilds": []}
+
+
+def connection_states(gw: GatewayService) -> list[str]:
+    return [m.state for _, events in queued(gw) for m in events if isinstance(m, ConnectionState)]
+
+
+async def test_the_first_session_ever_is_no_gap_but_a_fresh_one_after_it_is(
+    tmp_path: Path,
+) -> None:
+    _, gw = gateway(tmp_path)
+    gw.on_dispatch(dispatch("READY", 1, READY))
+    assert gw.backfill.gap is None and connection_states(gw) == ["connected"]
+    gw.on_dispatch(dispatch("MESSAGE_CREATE", 2, {"id": "5", "channel_id": "200"}))
+    # Discord invalidates the session; py-cord identifies afresh within the process.
+    gw.on_dispatch(dispatch("READY", 1, {**READY, "session_id": "s-3"}))
+    assert gw.backfill.gap is not None and gw.backfill.gap.start == T0
+    assert connection_states(gw) == ["connected", "identified_after_gap"]
+
+
+async def test_a_fresh_session_after_a_stored_position_is_a_gap_from_when_it_was_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISCORD_API_BASE", raising=False)
+    at = {"session_id": SESSION, "seq": 9, "resume_url": None, "at": T0 - 120}
+    after, _ = await restarted(tmp_path, {POSITION_KEY: json.dumps(at)})
+    assert after.gw.committed is None  # no session file: nothing to RESUME
+    after.on_dispatch(dispatch("READY", 1, READY))
+    gap = after.backfill.gap
+    assert gap is not None and (gap.start, gap.end, gap.seconds) == (T0 - 120, T0, 120.0)
+    assert connection_states(after) == ["identified_after_gap"]
+    assert after._position_meta(Position("s-2", 1, RESUME_URL)) == {
+        POSITION_KEY: json.dumps(
+            {"session_id": "s-2", "seq": 1, "resume_url": RESUME_URL, "at": T0}
+        )
+    }

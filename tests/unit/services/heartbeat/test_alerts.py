@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from protocol.discord import ConnectionState
+from protocol.discord import ConnectionState, GapBackfilled
 from protocol.messages import SupervisorStatus
-from protocol.store import Usage
+from protocol.store import StorageHealth, Usage
 from services.heartbeat.alerts import (
     Alert,
     AlertDetector,
@@ -141,6 +141,22 @@ def test_a_new_supervisor_starts_counting_from_zero_without_false_alerts():
     assert [a.text for a in alerts] == ["The whole bot restarted."]
 
 
+def test_storage_refusing_writes_is_one_alert_per_incident_then_one_recovery():
+    detector = AlertDetector(Clock())
+    failing = StorageHealth(False, "OperationalError: database or disk is full", 1_714_550_400.0)
+    (alert,) = detector.storage(failing)
+    assert "database or disk is full" in alert.text and "<t:1714550400:T>" in alert.text
+    assert not alert.recovery and not detector.healthy
+    assert detector.storage(failing) == []  # said again (persistence restarted): no repeat
+    restarted = AlertDetector(Clock())  # the heartbeat restarted in the middle
+    restarted.restore(copy.deepcopy(detector.to_dict()))
+    assert restarted.storage(failing) == []
+    (recovered,) = restarted.storage(StorageHealth(True, "", 1_714_550_500.0))
+    assert recovered.recovery and recovered.text == "**storage** writes again"
+    assert restarted.storage(StorageHealth(True, "", 1_714_550_500.0)) == []
+    assert restarted.healthy
+
+
 def test_alerts_that_could_not_be_sent_go_first_in_the_next_message():
     clock = Clock()
     group = AlertGroup(clock, group_s=5)
@@ -169,7 +185,7 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
         cpu={100: 2.5},
         connection=ConnectionState("connected", 41.7, 0.0),
         db_bytes=12_500_000,
-        llm=Usage(10, 5000, 900, {"ok": 9, "timeout": 1}, 850.0),
+        llm=Usage(10, 5000, 900, {"ok": 9, "timeout": 1}, 850.0, {"backup": 2, "primary": 7}),
     )
     embed = status_embed(snap)
     assert embed["title"] == "Down"
@@ -178,7 +194,34 @@ def test_the_status_embed_shows_every_service_and_anyone_gets_only_a_summary():
     assert fields["Discord"] == "connected · 42 ms"
     assert fields["Database"] == "12.5MB"
     assert "p50 850 ms · errors 10%" in fields["LLM"]
+    assert fields["LLM"].endswith("\nby primary 7, backup 2")  # which provider answered
     assert "gateway→persistence: open" in fields["Breakers"]
     summary = summary_text(snap)
     assert summary.startswith("Having trouble: 1/2 services running")
     assert "exit 1" not in summary and "100" not in summary
+
+
+def test_a_backfilled_gap_is_one_line_once_even_when_redelivered_and_shows_in_the_embed():
+    clock = Clock()
+    group = AlertGroup(clock, group_s=1.0)
+    done = GapBackfilled("s-1", 42.4, 300, joined=1, banned=1, left=1, at=clock.t)
+    line = Alert(f"gap:{done.gap_id}", done.line(), recovery=True)
+    group.add([line])
+    group.add([line])  # the event delivered again after a restart
+    group.put_back([line])  # and the saved pending alerts restored
+    content, _ = alert_message(group.take(), None)
+    assert content == (
+        "**Recovered**\n✅ gap of 42 s: 300 messages recovered, 1 join, 1 leave, 1 ban"
+    )
+    running = GapBackfilled("s-2", 7.04, 0, done=False, at=clock.t)
+    assert running.line() == "gap of 7.0 s: backfilling from Discord's history"
+    snap = Snapshot(
+        at=clock.t + 120,
+        status=HEALTHY,
+        connection=ConnectionState("connected", 40.0, clock.t + 120),
+        gap=done,
+    )
+    discord = next(f for f in status_embed(snap)["fields"] if f["name"] == "Discord")
+    assert discord["value"].splitlines()[1].startswith("gap of 42 s: 300 messages recovered")
+    assert "ago" in discord["value"]
+    assert "300 messages recovered" in summary_text(snap)

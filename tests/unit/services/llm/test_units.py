@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.breaker import CircuitBreaker
 from protocol.discord import MESSAGE_LIMIT, NO_PINGS, MessageCreated
 from protocol.settings import parse_settings
 from protocol.store import Usage
 from sandbox.openai_standin import long_answer
-from services.llm.client import AnswerCache, Stats
+from services.llm.client import AnswerCache, LlmClient, Stats
 from services.llm.conversation import Conversation, Place, Turn, system_prompt, turns_from_rows
 from services.llm.outcomes import Outcome
 from services.llm.ratelimit import RateLimiter
@@ -379,6 +378,51 @@ def test_every_bad_setting_is_reported_with_its_full_key() -> None:
     assert parsed(max_completion_tokens=None).max_completion_tokens is None
 
 
+def test_fallback_providers_are_a_list_of_tables_each_checked() -> None:
+    assert parsed().fallbacks == ()  # one provider: the simple case and the default
+    two = parsed(
+        fallbacks=[
+            {"name": "backup", "base_url": "http://b/v1", "model": "m2", "api_key_env": "B_KEY"},
+            {"base_url": "https://c/v1", "model": "m3"},
+        ]
+    ).fallbacks
+    assert [(p.name, p.base_url, p.model, p.api_key_env) for p in two] == [
+        ("backup", "http://b/v1", "m2", "B_KEY"),
+        ("", "https://c/v1", "m3", "OPENAI_API_KEY"),
+    ]
+    assert problems(
+        fallbacks=[
+            {"base_url": "b", "model": "m", "api_key_env": "not a name"},
+            {"model": "m", "key": "x"},
+        ]
+    ) == [
+        "services.llm.settings.fallbacks[0].base_url",
+        "services.llm.settings.fallbacks[0].api_key_env",
+        "services.llm.settings.fallbacks[1].key",
+        "services.llm.settings.fallbacks[1].base_url",
+    ]
+    twice = {"name": "x", "base_url": "http://b/v1", "model": "m"}
+    assert problems(fallbacks=[twice, twice]) == ["services.llm.settings.fallbacks"]
+    assert problems(fallbacks={"name": "x"}) == ["services.llm.settings.fallbacks"]
+
+
+def test_providers_are_named_by_their_setting_or_host_and_never_twice_the_same() -> None:
+    settings = parsed(
+        provider_name="main",
+        fallbacks=[
+            {"base_url": "http://10.0.0.2:8000/v1", "model": "m2", "api_key_env": "B_KEY"},
+            {"base_url": "http://user:pw@10.0.0.2:8000/v1", "model": "m3"},
+        ],
+    )
+    client = LlmClient(settings, "k", "http://a/v1", environ={"B_KEY": "b"})
+    assert [(e.name, e.model) for e in client.endpoints] == [
+        ("main", "gpt-4o-mini"),
+        ("10.0.0.2:8000", "m2"),
+        ("10.0.0.2:8000#3", "m3"),  # no credentials in a name
+    ]
+    assert client.breaker is client.endpoints[0].breaker
+
+
 def test_conversation_channels_match_by_id_or_name_with_or_without_hash() -> None:
     channels = parsed(conversation_channels=["#talk", "c9"]).conversation_channels
     assert should_answer(message(channel_name="talk"), "B", channels)
@@ -414,12 +458,21 @@ def test_stats_report_errors_and_median_latency() -> None:
     for ms in (100, 300, 200):
         stats.record(Outcome.OK, ms)
     stats.record(Outcome.TIMEOUT, 5000)
-    snap = stats.snapshot(AnswerCache(1), CircuitBreaker("x"))
+    snap = stats.snapshot(AnswerCache(1), LlmClient(Settings(), "key", "http://model.test/v1"))
     assert snap.requests == 4
     assert snap.errors_by_outcome == {"timeout": 1}
     assert snap.outcomes == {"ok": 3, "timeout": 1}
     assert snap.latency_p50_ms == 200
     assert snap.breaker == "closed"
+    assert snap.providers == [
+        {
+            "name": "model.test",
+            "model": "gpt-4o-mini",
+            "breaker": "closed",
+            "answered": 0,
+            "failed": 0,
+        }
+    ]
 
 
 def test_usage_is_formatted_for_people() -> None:
@@ -435,3 +488,6 @@ def test_usage_is_formatted_for_people() -> None:
     )
     assert "last 7 days" in text and "3 questions" in text and "median 812 ms" in text
     assert "120 prompt + 45 completion tokens" in text and "timeout: 1" in text
+    assert "answered by" not in text  # no provider recorded (exchanges stored before v2)
+    usage = Usage(3, 1, 1, {"ok": 3}, 5.0, by_provider={"primary": 1, "backup": 2})
+    assert format_usage(usage, 86400).endswith("\nanswered by backup: 2, primary: 1")

@@ -5,15 +5,8 @@ rows, lost connections, and every query of protocol/store.py."""
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
-import os
-import pwd
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +35,7 @@ from tests.support.persistence import (
     running_persistence,
     workload,
 )
+from tests.support.postgres import PostgresCluster
 
 
 def apply_grouped(store: Store, events: list[Message], batch: int = 500) -> None:
@@ -67,73 +61,15 @@ def snapshot(store: Store) -> dict[str, list[tuple]]:
 # --- a throwaway PostgreSQL cluster ---------------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A cluster in a temp dir on a free port (as the postgres user when we are root)."""
+    cluster = PostgresCluster()
     try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary)")
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        runuser = shutil.which("runuser")
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            runuser = None
-        if runuser is None:
-            pytest.skip("running as root without runuser and a postgres user to run the server")
-        prefix = [runuser, "-u", "postgres", "--"]
-    root = Path(tempfile.mkdtemp(prefix="persistence-pg-"))
-    if prefix:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
-    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    try:
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [*pg_ctl, "-o", options, "-l", str(root / "log"), "-w", "-t", "30", "start"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        cluster.start()
+        yield cluster.url
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture
@@ -293,6 +229,22 @@ def test_reply_chain_follows_replies_oldest_first_up_to_limit(store: Store) -> N
     assert store.reply_chain("404") == []
 
 
+def test_newest_message_of_each_channel_compares_ids_as_numbers_and_honours_bounds(
+    store: Store,
+) -> None:
+    store.apply(MessageCreated.TYPE, [created(i) for i in (9, 10, 11, 100)])  # "9" > "100"
+    store.apply(MessageCreated.TYPE, [created(5, channel_id="quiet", channel_name="quiet")])
+    dm = created(7, guild_id=None, channel_id="300", is_dm=True, channel_name=None)
+    store.apply(MessageCreated.TYPE, [dm])
+    store.apply(MessageDeleted.TYPE, [deleted(100, 200.0)])  # deleted: its create was seen
+    store.apply(MessageEdited.TYPE, [edited(500, "edit only", 300.0)])  # no create: not stored
+    answer = store.newest_messages({})
+    assert answer.newest == {C: "100", "quiet": "5", "300": "7"}
+    assert answer.dm_channels == ["300"]
+    bounded = store.newest_messages({C: "100", "quiet": "5", "unknown": "1"})
+    assert bounded.newest == {C: "11", "300": "7"}  # nothing in "quiet" below 5
+
+
 def test_member_events_in_a_time_range(store: Store) -> None:
     apply_grouped(store, workload())
     answer = store.member_events(G, 11.0, 30.0)
@@ -331,7 +283,10 @@ def test_kv_claim_is_atomic_and_plain_set_overwrites(store: Store) -> None:
 def test_usage_totals_by_outcome_and_median_latency(store: Store) -> None:
     store.apply(
         LlmExchange.TYPE,
-        [exchange(f"x{i}", 100.0 + i, latency=float(i)) for i in range(1, 5)]
+        [
+            exchange(f"x{i}", 100.0 + i, latency=float(i), provider=provider)
+            for i, provider in enumerate(["primary", "backup", "primary", "primary"], start=1)
+        ]
         + [exchange("err", 105.0, latency=50.0, outcome="error", prompt_tokens=3)]
         + [exchange("old", 1.0), exchange("elsewhere", 106.0, guild_id="5")],
     )
@@ -342,9 +297,26 @@ def test_usage_totals_by_outcome_and_median_latency(store: Store) -> None:
         completion_tokens=25,
         by_outcome={"ok": 4, "error": 1},
         latency_p50_ms=3.0,
+        by_provider={"primary": 3, "backup": 1},  # "error": no provider answered
     )
     assert store.usage(since=100.0).latency_p50_ms == 3.5  # six: the mean of the middle two
     assert store.usage(since=1e12).latency_p50_ms is None
+
+
+def test_a_version_1_database_gains_the_provider_column_and_keeps_its_exchanges(
+    store: Store,
+) -> None:
+    store.apply(LlmExchange.TYPE, [exchange("before", 100.0)])
+    # Back to what version 1 made: no provider column, schema_version 1.
+    store.db.execute_sql("ALTER TABLE llm_exchanges DROP COLUMN provider")
+    store.db.execute_sql("DELETE FROM schema_version")
+    store.db.execute_sql("INSERT INTO schema_version (version, applied_at) VALUES (1, 0)")
+    store.close()
+    assert store.open() == (1, 2)
+    store.apply(LlmExchange.TYPE, [exchange("after", 101.0, provider="backup")])
+    usage = store.usage(since=0)
+    assert (usage.exchanges, usage.by_provider) == (2, {"backup": 1})  # NULL: not counted
+    assert store.open() == (2, 2)
 
 
 # --- an unavailable database ---------------------------------------------------------------
@@ -363,6 +335,23 @@ def test_a_locked_sqlite_database_is_unavailable_then_usable(tmp_path: Path) -> 
         assert s.apply(MessageCreated.TYPE, [created(1)]).stored == 1
     finally:
         blocker.close()
+        s.close()
+
+
+def test_a_full_sqlite_database_is_unavailable_not_bad_rows_then_usable(tmp_path: Path) -> None:
+    s = Store(open_database(None, tmp_path / "bot.sqlite3"))
+    s.open()
+    try:
+        s.limit_pages(int(s.db.execute_sql("PRAGMA page_count").fetchone()[0]) + 2)
+        batch = [created(i, "x" * 2000) for i in range(1, 40)]
+        # SQLite rolls a full transaction back itself: the error we see is the ROLLBACK's.
+        with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
+            s.apply(MessageCreated.TYPE, batch)
+        assert s.counts().messages == 0  # nothing half-stored, nothing skipped
+        s.limit_pages(None)  # room again
+        assert s.apply(MessageCreated.TYPE, batch).stored == len(batch)
+        assert s.counts().messages == len(batch)
+    finally:
         s.close()
 
 
