@@ -91,6 +91,7 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
         )
     supervisor = Supervisor(config, extra_env=env)
     page.supervisor = supervisor
+    emulator.on_clock_advance = supervisor.advance_clocks  # every clock follows the emulator's
     metrics_url = await supervisor.serve_metrics()
     data = config.supervisor.data_dir.absolute()
     print(
@@ -113,8 +114,6 @@ async def run_sandbox(config: Config, port: int, host: str = "127.0.0.1") -> int
         ),
         flush=True,
     )
-    supervisor = Supervisor(config, extra_env=env)
-    emulator.on_clock_advance = supervisor.advance_clocks  # every clock follows the emulator's
     try:
         return await supervisor.run()
     finally:
