@@ -155,6 +155,9 @@ class ConnectionState(Message):
 @dataclass(frozen=True, slots=True)
 class Sent(Message):
     message_id: str
+    # What the message shows, as Discord answered: for a repeated nonce, the content of
+    # the message sent the first time (which may differ from what was asked this time).
+    content: str | None = None
 
 
 @message("discord.channel.created")
@@ -173,6 +176,13 @@ class SendMessage(Request[Sent]):
     embeds: list[dict[str, Any]] = field(default_factory=list)
     reply_to_id: str | None = None
     allowed_mentions: dict[str, Any] | None = None  # Discord's shape: {parse, users, roles}
+    # Up to 25 characters. Sent with enforce_nonce: Discord answers a repeated nonce (same
+    # author, within minutes) with the message already created, so a send retried after
+    # a crash on either side posts once. Derive it from what the message is for.
+    nonce: str | None = None
+
+
+NONCE_LIMIT = 25  # characters in a message nonce (Discord)
 
 
 @message("discord.edit")
@@ -269,6 +279,10 @@ class CommandInvoked(Request[CommandAnswer]):
     guild_id: str | None
     tier: str = "public"  # a Tier
     deferred: bool = False
+    # The interaction's webhook (valid 15 minutes): lets the owner finish an answer
+    # through any gateway process, even one started after this request was sent.
+    interaction_token: str | None = None
+    application_id: str | None = None
 
     @property
     def by_admin(self) -> bool:
@@ -283,12 +297,20 @@ class EditInteraction(Request[Done]):
     interaction_id: str
     content: str | None = None
     embeds: list[dict[str, Any]] | None = None
+    interaction_token: str | None = None  # from CommandInvoked (a restarted gateway needs it)
+    application_id: str | None = None
 
 
 @message("discord.interaction.followup")
 @dataclass(frozen=True, slots=True)
 class InteractionFollowup(Request[Sent]):
+    """A further message of an interaction's answer. Discord has no nonce for these: the
+    gateway answers a repeated `nonce` with the follow-up it already posted."""
+
     interaction_id: str
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False
+    interaction_token: str | None = None
+    application_id: str | None = None
+    nonce: str | None = None

@@ -148,6 +148,7 @@ class GatewayService:
             sys.exit(2)
         self.gw.bot_id = str(self.gw.client.user.id) if self.gw.client.user else self.gw.bot_id
         self.gw.logged_in = True
+        self.gw.login_done.set()
 
     @staticmethod
     def _worth_retrying(exc: BaseException) -> bool:
@@ -377,6 +378,10 @@ class GatewayService:
             inv.guild_id,
             tier.value,
             declared.slow,
+            # A deferred answer may be finished by the owner through another gateway
+            # process (this one may die meanwhile): it gets the interaction's webhook.
+            inv.token if declared.slow else None,
+            inv.application_id if declared.slow else None,
         )
         if owner == self.service.name:  # answered here (/help): no hop
             answer = await self.service.commands[inv.command](request)
@@ -384,13 +389,17 @@ class GatewayService:
             await self._respond(inv, RESPOND_WITH_MESSAGE, reply)
             return
         channel = self.service.bus.channel(owner)
-        # A fresh channel needs a moment to connect; a dead owner never will.
-        if not await channel.wait_connected(0.3) or not channel.breaker.allows():
+        if declared.slow:
+            # "Thinking..." at once: the owner then has minutes, so a restarting owner
+            # is waited for (the request rides out its restart) rather than refused.
+            self._remember(inv)
+            await self._respond(inv, RESPOND_DEFERRED, None)
+        elif not await channel.wait_connected(0.3) or not channel.breaker.allows():
+            # A fresh channel needs a moment to connect; a dead owner will not make 3 s.
             await self._respond(inv, RESPOND_WITH_MESSAGE, message_data(RESTARTING, ephemeral=True))
             return
-        self._remember(inv)
-        if declared.slow:
-            await self._respond(inv, RESPOND_DEFERRED, None)
+        else:
+            self._remember(inv)
         timeout = 120.0 if declared.slow else 2.0
         answer, failure = await self._ask_owner(owner, request, timeout)
         if declared.slow:
@@ -412,7 +421,8 @@ class GatewayService:
         except (BreakerOpen, PeerGone):
             return None, RESTARTING
         except RequestTimeout:
-            return None, TOO_SLOW
+            assert self.service.bus is not None
+            return None, TOO_SLOW if self.service.bus.channel(owner).connected else RESTARTING
         except RemoteError as exc:
             logger.warning("/{} failed in {}: {}", request.command, owner, exc)
             return None, FAILED
