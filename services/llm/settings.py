@@ -87,6 +87,9 @@ class Settings(ServiceSettings):
     # All retries included; the gateway waits 120 s for /ask.
     answer_deadline_s: float = setting(100.0, min=1, max=120)
     usage_window_s: float = setting(7 * 86400.0, min=60)
+    # A question still open when the llm restarts is answered if younger than this;
+    # an older one gets one short apology instead (an /ask only within its 15 minutes).
+    pending_max_age_s: float = setting(600.0, min=0)
 
 
 def base_url(settings: Settings) -> str:
