@@ -8,6 +8,7 @@ subscriber. Times are Unix seconds (float).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +184,14 @@ class SendMessage(Request[Sent]):
 
 
 NONCE_LIMIT = 25  # characters in a message nonce (Discord)
+
+
+def nonce_for(*what: object) -> str:
+    """A message nonce derived from what the message is for (a question and a part, a
+    report and its day): the same every time it is sent, another for anything else.
+    24 hex characters, under Discord's 25."""
+    key = "\x1f".join(str(w) for w in what)
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 @message("discord.edit")

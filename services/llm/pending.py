@@ -17,7 +17,6 @@ the llm alone; every call runs on a worker thread, one at a time, never on the e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -29,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from protocol.discord import NONCE_LIMIT
+from protocol.discord import nonce_for
 
 T = TypeVar("T")
 
@@ -51,12 +50,10 @@ CREATE INDEX IF NOT EXISTS question_open ON question (answered_at);
 """
 
 
-def part_nonce(question_id: str, part: int | str) -> str:
+def part_nonce(question_id: str, part: int) -> str:
     """The nonce of one part of a question's answer: the same for every attempt at it,
-    another for every other part or question (24 hex characters: Discord allows 25)."""
-    nonce = hashlib.blake2b(f"llm:{question_id}:{part}".encode(), digest_size=12).hexdigest()
-    assert len(nonce) <= NONCE_LIMIT
-    return nonce
+    another for every other part or question."""
+    return nonce_for("llm", question_id, part)
 
 
 @dataclass(frozen=True)
