@@ -138,6 +138,24 @@ def test_send_passes_on_the_mentions_a_service_allows_and_its_embeds(box: Sandbo
 
 
 @pytest.mark.action("send")
+def test_a_send_repeated_with_its_nonce_posts_once(box: Sandbox) -> None:
+    """A service sending again after a crash (its own or the gateway's) under the same
+    nonce gets the message already posted: Discord's enforce_nonce."""
+    mark = box.mark()
+    msg = SendMessage(box.channels["general"], "only once", nonce="answer-42-0")
+    first, again = box.bus("gateway", msg), box.bus("gateway", msg)
+    assert again["message_id"] == first["message_id"]
+    assert again["content"] == "only once", "what the message shows"
+    posts = box.requests(mark, "POST", MESSAGES)
+    assert [r["body"]["nonce"] for r in posts] == ["answer-42-0"] * 2
+    assert all(r["body"]["enforce_nonce"] is True for r in posts)
+    shown = [m for m in box.messages("general") if m["content"] == "only once"]
+    assert [m["id"] for m in shown] == [first["message_id"]]
+    too_long = box.refusal("gateway", SendMessage(box.channels["general"], "x", nonce="n" * 26))
+    assert too_long.reason == "bad_request" and "25" in too_long.detail
+
+
+@pytest.mark.action("send")
 def test_send_refusals_reach_the_service_as_reasons(box: Sandbox) -> None:
     mark = box.mark()
     too_long = box.refusal("gateway", SendMessage(box.channels["general"], "x" * 2001))
@@ -554,6 +572,29 @@ def test_a_service_sends_followups_plain_and_ephemeral(box: Sandbox) -> None:
     assert got[1]["message_id"] == sent["message_id"]
     assert got[2]["message_id"] == secret["message_id"]
     assert message(box, secret["message_id"]) is None, "not shown in the channel"
+
+
+@pytest.mark.action("followup")
+@pytest.mark.action("edit_original")
+def test_followups_with_a_nonce_are_posted_once_and_a_webhook_can_come_with_the_request(
+    box: Sandbox,
+) -> None:
+    """An owner that restarted sends its follow-up again: posted once. And it may bring
+    the interaction's webhook, for a gateway that never saw the interaction."""
+    iid = command(box, "reset")
+    responses(box, iid)
+    mark = box.mark()
+    followup = InteractionFollowup(iid, "part two", nonce="ask-7-1")
+    first, again = box.bus("gateway", followup), box.bus("gateway", followup)
+    assert again["message_id"] == first["message_id"]
+    assert len(box.requests(mark, "POST", FOLLOWUP)) == 1
+    unknown_here = "123456789012345678"  # not an interaction this gateway process saw
+    token = f"sandbox-interaction-{iid}"
+    edit = EditInteraction(
+        unknown_here, "edited", interaction_token=token, application_id=box.state["bot_user_id"]
+    )
+    box.bus("gateway", edit)
+    assert box.get(f"interactions/{iid}")["responses"][-1]["content"] == "edited"
 
 
 @pytest.mark.action("followup")
