@@ -267,6 +267,9 @@ class CommandAnswer(Message):
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False
+    # A deferred command only: the owner has taken it on (durably) and finishes the
+    # original response itself, through the interaction's webhook; nothing else to show.
+    later: bool = False
 
 
 @message("discord.command")
@@ -276,7 +279,11 @@ class CommandInvoked(Request[CommandAnswer]):
     run it (protocol/commands.py). `tier` is the caller's highest permission tier.
 
     `deferred` is true when the gateway has already told Discord "thinking...", in
-    which case the answer becomes the edited original response.
+    which case the answer becomes the edited original response; or the owner answers
+    `later` as soon as it has taken the command on, and edits that response itself
+    (with `interaction_token`, through any gateway process). Until then the gateway
+    keeps its Discord position before the interaction, so a gateway that dies meanwhile
+    is given it again when it RESUMEs.
     """
 
     interaction_id: str

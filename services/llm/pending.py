@@ -43,8 +43,7 @@ CREATE TABLE IF NOT EXISTS question (
     received_at REAL NOT NULL,      -- wall clock
     attempts INTEGER NOT NULL DEFAULT 1,
     parts TEXT NOT NULL DEFAULT '[]',  -- the message id of each part posted so far
-    answered_at REAL,
-    answer TEXT                     -- what an /ask answered, for a caller asking again
+    answered_at REAL
 );
 CREATE INDEX IF NOT EXISTS question_open ON question (answered_at);
 """
@@ -110,10 +109,9 @@ class PendingQuestions:
             parts.append(message_id)
         self._db.execute("UPDATE question SET parts=? WHERE id=?", (json.dumps(parts), question_id))
 
-    def _answered(self, question_id: str, at: float, answer: str | None) -> None:
+    def _answered(self, question_id: str, at: float) -> None:
         self._db.execute(
-            "UPDATE question SET body=NULL, answered_at=?, answer=? WHERE id=?",
-            (at, answer, question_id),
+            "UPDATE question SET body=NULL, answered_at=? WHERE id=?", (at, question_id)
         )
 
     def _resume(self) -> list[Question]:
@@ -134,12 +132,6 @@ class PendingQuestions:
             for qid, kind, body, at, attempts, parts in rows
         ]
 
-    def _answer_of(self, question_id: str) -> tuple[bool, str | None]:
-        row = self._db.execute(
-            "SELECT answered_at, answer FROM question WHERE id=?", (question_id,)
-        ).fetchone()
-        return (row is not None and row[0] is not None, row[1] if row else None)
-
     def _forget_answered(self, before: float) -> int:
         cur = self._db.execute(
             "DELETE FROM question WHERE answered_at IS NOT NULL AND answered_at < ?", (before,)
@@ -155,17 +147,13 @@ class PendingQuestions:
     async def part_sent(self, question_id: str, index: int, message_id: str) -> None:
         await self._run(self._part_sent, question_id, index, message_id)
 
-    async def answered(self, question_id: str, at: float, answer: str | None = None) -> None:
+    async def answered(self, question_id: str, at: float) -> None:
         """The answer is complete: the question is closed (its text is dropped)."""
-        await self._run(self._answered, question_id, at, answer)
+        await self._run(self._answered, question_id, at)
 
     async def resume(self) -> list[Question]:
         """The open questions (a previous process took them on), oldest first."""
         return await self._run(self._resume)
-
-    async def answer_of(self, question_id: str) -> tuple[bool, str | None]:
-        """(answered, what an /ask answered)."""
-        return await self._run(self._answer_of, question_id)
 
     async def forget_answered(self, before: float) -> int:
         """Drop answered questions closed before `before` (wall clock); how many."""

@@ -176,8 +176,6 @@ class Llm:
         self.questions: PendingQuestions | None = None  # opened by start()
         self.started = anyio.Event()  # handlers wait for it: the questions must be open
         self._resumed: list[Question] = []
-        # /ask answers in progress in this process: a repeated request joins its answer.
-        self._asking: dict[str, anyio.Event] = {}
         self.history = History()
         self.bot_id: str | None = None
         self.guild_names: dict[str, str] = {}
@@ -214,9 +212,6 @@ class Llm:
         self.questions = PendingQuestions(self.service.ctx.data_dir / QUESTIONS_FILE)
         await self.questions.forget_answered(self.clock.wall() - KEEP_ANSWERED_S)
         self._resumed = await self.questions.resume()
-        for q in self._resumed:
-            if q.kind == ASK:  # a repeated /ask request joins the resumed answer
-                self._asking[q.id] = anyio.Event()
         if self._resumed:
             logger.info("llm: resuming {} question(s) left open", len(self._resumed))
         self.started.set()
@@ -337,23 +332,15 @@ class Llm:
         )
         await self._close(msg.id)
 
-    async def _close(self, question_id: str, answer: str | None = None) -> None:
+    async def _close(self, question_id: str) -> None:
         assert self.questions is not None
-        await self.questions.answered(question_id, self.clock.wall(), answer)
+        await self.questions.answered(question_id, self.clock.wall())
 
     # --- questions a previous process left open ---------------------------------------
 
     async def resume(self, q: Question) -> None:
         """Answer a question a previous process took on: as if new while it is young
         enough (its parts already posted are edited in place), else one short apology."""
-        try:
-            await self._resume(q)
-        finally:
-            done = self._asking.pop(q.id, None) if q.kind == ASK else None
-            if done is not None:
-                done.set()
-
-    async def _resume(self, q: Question) -> None:
         age = self.clock.wall() - q.received_at
         max_age = self.settings.pending_max_age_s
         if q.kind == ASK:
@@ -390,7 +377,7 @@ class Llm:
         await self._record(
             cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, Outcome.TOO_LATE
         )
-        await self._close(cmd.interaction_id, Outcome.TOO_LATE.message())
+        await self._close(cmd.interaction_id)
 
     def _gate(
         self, user_id: str, guild_id: str | None, text: str, rate_limit: bool = True
@@ -597,40 +584,30 @@ class Llm:
     async def ask(self, cmd: CommandInvoked) -> CommandAnswer:
         """/ask prompt: a standalone question (no history), cached for identical ones.
 
-        The gateway asks again, under the same interaction, when this process died before
-        answering: the repeat joins the answer in progress (a resumed one), or gets the
-        answer already given, and never starts a second one."""
+        Deferred (as the gateway always does it): taken on at once, on disk, and answered
+        `later` into the original response, like a mention; a repeat of the request (the
+        gateway asks again if this process died before replying) is taken on only once."""
         await self.started.wait()
         assert self.questions is not None
-        qid = cmd.interaction_id
-        if (running := self._asking.get(qid)) is not None:
-            await running.wait()
-            return await self._answer_given(qid)
         s = self.settings
         prompt = str(cmd.options.get("prompt", "")).strip()
         gate = self._gate(cmd.user_id, cmd.guild_id, prompt)
         if gate is not None:
-            await self._record(qid, cmd.guild_id, cmd.channel_id, cmd.user_id, gate.outcome)
+            await self._record(
+                cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, gate.outcome
+            )
             text = gate.outcome.message(gate.retry_in_s, s.max_prompt_chars)
             return CommandAnswer(text, ephemeral=True)
-        done = self._asking[qid] = anyio.Event()
-        try:
-            if not await self.questions.accept(
-                Question(qid, ASK, cmd.to_body(), self.clock.wall())
-            ):
-                return await self._answer_given(qid)
+        if not cmd.deferred:  # nothing can be shown before the answer: it is the reply
             async with self.slots:
                 return await self._answer_ask(cmd)
-        finally:
-            self._asking.pop(qid, None)
-            done.set()
+        question = Question(cmd.interaction_id, ASK, cmd.to_body(), self.clock.wall())
+        if await self.questions.accept(question):
+            await self._jobs_in.send(lambda: self._answer_later(cmd))
+        return CommandAnswer(later=True)
 
-    async def _answer_given(self, qid: str) -> CommandAnswer:
-        assert self.questions is not None
-        answered, answer = await self.questions.answer_of(qid)
-        if not answered:  # cut short (this process is stopping): the next one resumes it
-            raise RuntimeError(f"/ask {qid} is still being answered")
-        return CommandAnswer(answer or "")
+    async def _answer_later(self, cmd: CommandInvoked) -> None:
+        await self._answer_ask(cmd)
 
     async def _answer_ask(
         self, cmd: CommandInvoked, parts: list[str] | None = None, resumed: bool = False
@@ -644,7 +621,7 @@ class Llm:
             await self._record(
                 cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, gate.outcome
             )
-            await self._close(cmd.interaction_id, text)
+            await self._close(cmd.interaction_id)
             return CommandAnswer(text, ephemeral=True)
         place = self._place(cmd.user_name, cmd.channel_id, cmd.guild_id)
         convo = Conversation(
@@ -672,7 +649,7 @@ class Llm:
         if not cmd.deferred and len(shown) > 1:
             first += "\n…"  # not deferred: no follow-ups can come before this answer
         content = first if s.allow_mentions else defuse_mentions(first)
-        await self._close(cmd.interaction_id, content)
+        await self._close(cmd.interaction_id)
         return CommandAnswer(content, ephemeral=not outcome.ok)
 
     async def reset(self, cmd: CommandInvoked) -> CommandAnswer:

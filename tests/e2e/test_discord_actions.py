@@ -456,19 +456,19 @@ def test_a_second_delivery_of_a_command_is_refused_by_discord_and_the_gateway_ca
 
 
 def answered(box: Sandbox, iid: str, timeout: float = 60) -> list[dict[str, Any]]:
-    """The responses once the /ask is over: the llm recorded its outcome and the gateway
-    made its last edit of the original (it comes after every follow-up)."""
+    """The responses once the /ask is over: the llm records its outcome once its last
+    write (the last edit of the original, and every follow-up) is done."""
     wait_for(
         lambda: box.db("SELECT outcome FROM llm_exchanges WHERE id = ?", iid),
         timeout,
         f"the llm's outcome of {iid}",
     )
+    return box.get(f"interactions/{iid}")["responses"]
 
-    def last_is_edit() -> list[dict[str, Any]] | None:
-        got = box.get(f"interactions/{iid}")["responses"]
-        return got if got and got[-1]["kind"] == "edit" else None
 
-    return wait_for(last_is_edit, 15, f"the gateway's last edit of {iid}")
+def last_edit(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """The original response as last edited."""
+    return [r for r in got if r["kind"] == "edit"][-1]
 
 
 @pytest.mark.action("defer")
@@ -490,9 +490,9 @@ def test_a_slow_command_is_deferred_then_its_original_response_edited(box: Sandb
     )
     assert all(r["status"] == 200 and r["form"] is True for r in edits), "payload_json"
     assert all(r["body"]["allowed_mentions"] == NO_PINGS for r in edits)
-    final = got[-1]["content"]
+    final = last_edit(got)["content"]
     assert final == "the answer <@123> @\u200beveryone", "the llm defuses mass pings too"
-    assert message(box, got[-1]["message_id"])["content"] == final  # type: ignore[index]
+    assert message(box, last_edit(got)["message_id"])["content"] == final  # type: ignore[index]
 
 
 @pytest.mark.action("edit_original")
@@ -524,7 +524,7 @@ def test_ask_for_5000_characters_arrives_whole_in_the_response_and_its_followups
     got = answered(box, iid)
     followups = [r for r in got if r["kind"] == "followup"]
     assert len(followups) >= 2
-    original = got[-1]["content"]  # the original response as last edited
+    original = last_edit(got)["content"]
     parts = [original] + [r["content"] for r in followups]
     assert sum(len(p) for p in parts) >= 4500
     assert all(0 < len(p) < 2000 for p in parts)

@@ -11,7 +11,8 @@ import asyncio
 
 from bench.chaos import chaos
 
-SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence"]
+# The llm and the gateway first: what answers and what sends them.
+SERVICES = ["llm", "gateway", "persistence", "heartbeat", "stats", "presence"]
 
 
 def test_killing_every_service_and_the_supervisor_loses_doubles_and_leaves_unanswered_nothing() -> (
@@ -19,7 +20,7 @@ def test_killing_every_service_and_the_supervisor_loses_doubles_and_leaves_unans
 ):
     report = asyncio.run(
         chaos(
-            duration=16,
+            duration=18,
             rate=60,
             kill_every=(2.0, 2.5),
             mention_every=1,

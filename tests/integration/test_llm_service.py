@@ -95,12 +95,14 @@ class World:
     async def mention(self, text: str, **kw: Any) -> MessageCreated:
         return await self.say(f"<@{BOT}> {text}", mentions_bot=True, **kw)
 
-    async def answered(self, msg: MessageCreated, timeout: float = 10) -> LlmExchange:
-        """Waits for the exchange record: published once the answer is fully shown."""
+    async def answered(self, msg: MessageCreated | str, timeout: float = 10) -> LlmExchange:
+        """Waits for the exchange record (of a message, or an interaction by id):
+        published once the answer is fully shown."""
+        key = msg if isinstance(msg, str) else msg.id
         with anyio.fail_after(timeout):
-            while msg.id not in self.store.exchanges:
+            while key not in self.store.exchanges:
                 await anyio.sleep(0.01)
-        return self.store.exchanges[msg.id]
+        return self.store.exchanges[key]
 
     async def command(
         self, name: str, user: str = "100", tier: Tier = Tier.MEMBER, **options: Any
@@ -116,7 +118,19 @@ class World:
             tier=tier.value,
             deferred=True,
         )
-        return await self.gateway.service.call("llm", cmd, timeout=20)
+        return await self.shown(cmd)
+
+    async def shown(self, cmd: CommandInvoked) -> CommandAnswer:
+        """The command's answer, or what its original response shows once the answer the
+        llm took on (`later`) is complete."""
+        answer = await self.gateway.service.call("llm", cmd, timeout=20)
+        if not answer.later:
+            return answer
+        await self.answered(cmd.interaction_id, timeout=20)
+        edits = [
+            e for e in self.gateway.of(EditInteraction) if e.interaction_id == cmd.interaction_id
+        ]
+        return CommandAnswer(edits[-1].content or "")
 
     async def stats(self) -> LlmStats:
         return await self.gateway.service.call("llm", StatsRequest(), timeout=5)
@@ -688,15 +702,17 @@ async def test_a_resumed_answer_edits_the_parts_already_posted_and_posts_only_th
         assert [last[i] for i in posted] == split_message(long_answer(3000))
 
 
-async def test_an_ask_asked_again_after_it_was_answered_gets_the_same_answer_not_a_new_one(
+async def test_an_ask_asked_again_is_taken_on_and_answered_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The gateway asks again when the llm died before its reply: no second answer."""
+    """The gateway asks again when the llm died before replying: taken on once."""
     async with running(tmp_path, monkeypatch) as world:
+        world.llm.update_settings(token_delay_s=0.02)
         cmd = CommandInvoked("7001", "ask", {"prompt": "once"}, "100", "ann", GENERAL, GUILD)
         cmd = dataclasses.replace(cmd, deferred=True)
         first = await world.gateway.service.call("llm", cmd, timeout=10)
-        edits = len(world.gateway.of(EditInteraction))
         again = await world.gateway.service.call("llm", cmd, timeout=10)
-        assert again.content == first.content == expected(world)
-        assert len(world.llm.calls) == 1 and len(world.gateway.of(EditInteraction)) == edits
+        assert first.later and again.later, "taken on: the llm finishes the response itself"
+        assert (await world.answered(cmd.interaction_id)).outcome == "ok"
+        assert len(world.llm.calls) == 1
+        assert world.gateway.of(EditInteraction)[-1].content == expected(world)
