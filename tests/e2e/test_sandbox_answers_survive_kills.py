@@ -167,3 +167,29 @@ def test_a_gateway_killed_while_the_llm_streams_makes_its_writes_wait_and_succee
     log = (box.data / "logs" / "llm.log").read_text()
     failed = [line for line in log.splitlines() if re.search(r"llm: discord\.\S+ failed", line)]
     assert failed == [], "not one write failed, not even those in flight at the kill"
+
+
+def test_an_ask_whose_gateway_dies_before_the_llm_took_it_on_is_handed_on_after_resume(
+    box: Sandbox, llm: Standin
+) -> None:
+    """The llm is frozen: the gateway defers the /ask and waits for it. The gateway is
+    killed; its successor RESUMEs before the interaction and hands it on. Then the llm is
+    killed too, and its successor answers."""
+    frozen = box.service("llm")
+    os.kill(frozen["pid"], signal.SIGSTOP)
+    try:
+        body = {
+            "channel_id": box.channels["general"],
+            "user_id": box.users["alice"],
+            "name": "ask",
+            "options": {"prompt": "!echo handed on"},
+        }
+        iid = box.post("interactions", body)["id"]
+        wait_for(lambda: box.get(f"interactions/{iid}")["responses"], 15, "the deferral")
+        kill(box, "gateway")
+    finally:
+        os.kill(frozen["pid"], signal.SIGKILL)
+    assert outcome(box, iid) == "ok"
+    got = box.get(f"interactions/{iid}")["responses"]
+    assert [r["kind"] for r in got].count("callback") == 1
+    assert [r for r in got if r["kind"] == "edit"][-1]["content"] == "handed on"
