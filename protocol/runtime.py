@@ -35,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,7 +77,20 @@ __all__ = [
     "RuntimeContext",
     "Service",
     "TransientError",
+    "caller_time_left",
 ]
+
+# When the caller of the request being handled gives up (wall clock), if it said.
+_caller_deadline: ContextVar[float | None] = ContextVar("caller_deadline", default=None)
+
+
+def caller_time_left() -> float:
+    """Seconds the caller of the request being handled still waits for its answer (0
+    outside a request, or if it did not say): what a handler may spend waiting for
+    something it needs (the gateway, for its Discord login) instead of refusing."""
+    deadline = _caller_deadline.get()
+    return max(0.0, deadline - time.time()) if deadline is not None else 0.0
+
 
 # A service that cannot start because of its configuration exits with this (sysexits'
 # EX_CONFIG): restarting it would not help, so the supervisor stops start-up instead.
@@ -341,6 +356,7 @@ class Service:
             self._quiet.warning((env.src, env.type), "bad request from {}: {}", env.src, exc)
             reply(env.error("bad_request", str(exc)))
             return
+        _caller_deadline.set(env.deadline)  # this task's own context: no reset needed
         try:
             result = await handler(msg)
         except Refused as exc:
