@@ -234,9 +234,11 @@ class Channel:
         self.counters.sent += 1
         return True
 
-    def send(self, env: Envelope) -> bool:
-        """Fire-and-forget (events, replies on this connection). False if dropped."""
-        if not self.breaker.allows() or not self._send_now([env.pack()]):
+    def send(self, env: Envelope, past_breaker: bool = False) -> bool:
+        """Fire-and-forget (events, replies on this connection). False if dropped.
+        `past_breaker`: the peer has just connected, whatever the breaker still says."""
+        allowed = past_breaker or self.breaker.allows()
+        if not allowed or not self._send_now([env.pack()]):
             self.counters.dropped += 1
             return False
         return True

@@ -46,7 +46,7 @@ import anyio
 from loguru import logger
 
 from protocol.bus import Bus, Reply, Topology, TransientError
-from protocol.channel import UNREACHABLE, RemoteError
+from protocol.channel import UNREACHABLE
 from protocol.clock import Clock
 from protocol.commands import CATALOGUE
 from protocol.discord import CommandAnswer, CommandInvoked
@@ -232,11 +232,7 @@ class Service:
         """Request/reply: the request's declared reply, or RequestTimeout, BreakerOpen or
         RemoteError (also for a reply that is not of the declared type)."""
         assert self.bus is not None, "call before the service runs"
-        reply = await self.bus.request(peer, msg, timeout=timeout, retries=retries)
-        try:
-            return decode(msg.REPLY.TYPE, reply.body)  # type: ignore[return-value]
-        except MessageError as exc:
-            raise RemoteError(peer, "bad_reply", str(exc)) from None
+        return await self.bus.call(peer, msg, timeout=timeout, retries=retries)
 
     async def patiently(
         self,
@@ -292,6 +288,15 @@ class Service:
         )
         if problems:
             raise ConfigurationError("\n".join(str(p) for p in problems))
+        try:
+            self._take(settings)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"services.{self.name}.settings: not usable ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _take(self, settings: Any) -> None:
+        """Put settings in force: every on_settings callback sees them."""
         self._settings = settings
         for fn in self._on_settings:
             fn(settings)
@@ -331,9 +336,12 @@ class Service:
             return Outcome(True, "unchanged")
         # Fields that wait for a restart keep their running values.
         kept = {name: getattr(old, name) for name in restart}
-        self._settings = dataclasses.replace(new, **kept)
-        for fn in self._on_settings:
-            fn(self._settings)
+        try:
+            self._take(dataclasses.replace(new, **kept))
+        except Exception as exc:
+            logger.exception("reload refused: the new settings could not be applied")
+            self._take(old)
+            return Outcome(False, f"not applied ({type(exc).__name__}: {exc})")
         detail = f"applied {', '.join(live)}" if live else "nothing applied live"
         if restart:
             detail += f"; {', '.join(restart)} change on restart"

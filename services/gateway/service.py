@@ -167,10 +167,12 @@ class GatewayService:
     async def _register_commands(self) -> None:
         assert self.service.ctx is not None and self.gw.bot_id is not None
         names = list(self.service.ctx.topology.commands)
+        settings: Settings = self.service.settings
+        hide = not (settings.owner_ids or settings.admin_roles)
         try:
             with anyio.fail_after(self.gw.request_timeout_s):
                 await self.gw.http().bulk_upsert_global_commands(
-                    self.gw.bot_id, command_payload(names)
+                    self.gw.bot_id, command_payload(names, hide)
                 )
             logger.info("slash commands registered: {}", ", ".join(sorted(names)) or "none")
         except (discord.HTTPException, TimeoutError) as exc:
@@ -237,8 +239,10 @@ class GatewayService:
             changed = self.gw.guilds.apply(event, d)
             if changed:
                 self.gw.counts_dirty.add(changed)
-            if event == "GUILD_CREATE" and changed:
-                guild = self.gw.guilds.get(changed)
+            # The retained GuildReady follows the guild's channels: a service that starts
+            # later must find a channel created or renamed since the connection.
+            if event == "GUILD_CREATE" or event.startswith("CHANNEL_"):
+                guild = self.gw.guilds.guilds.get(str(d.get("guild_id") or d.get("id") or ""))
                 if guild is not None and self.gw.bot_id:
                     self.gw.queue.append((None, [guild.ready(self.gw.bot_id)]))
             events = convert(event, d, self.gw.bot_id, now, self.gw.guilds.channel_names())
@@ -472,7 +476,8 @@ class GatewayService:
         """/help: the commands this caller may run, among those of enabled services."""
         assert self.service.ctx is not None
         enabled = set(self.service.ctx.topology.commands.values())
-        return CommandAnswer(help_text(Tier(msg.tier), enabled), ephemeral=True)
+        text = help_text(Tier(msg.tier), enabled, in_guild=msg.guild_id is not None)
+        return CommandAnswer(text, ephemeral=True)
 
     def _remember(self, inv: Invocation) -> None:
         cutoff = self.service.clock.monotonic() - INTERACTION_TTL_S
