@@ -1,6 +1,6 @@
 """Chaos run: steady load while services are SIGKILLed at random; prints a JSON report.
 
-    python -m bench.chaos [--duration 60] [--rate 200] [--kill-every 3] [--seed 1]
+    python -m bench.chaos [--duration 60] [--rate 200] [--kill-every 2 3] [--seed 1]
                           [--refuse-resume]
 
 The Discord emulator and the OpenAI stand-in run in this process; the bot runs as
@@ -9,14 +9,17 @@ SIGKILLed once half-way and started again as systemd would (its children die
 with it). Meanwhile users post messages at a steady rate, a share of them
 mentioning the bot, and run slash commands.
 
+Reported: messages posted vs stored (missing, duplicated); mentions vs answers
+(missing, answered twice, and answered in full: the model's whole answer, not a
+failure note); /ask vs answers (the original response showing the model's whole
+answer; twice if a second message of the interaction shows it); other slash
+commands vs responses (an ephemeral "restarting" counts as a response); the
+longest time any service was not RUNNING after a kill, restarts per service, and
+ERROR lines logged. A kill comes every 2 to 3 s (uniformly at random).
+
 With `--refuse-resume`, every Discord session is invalidated just before each kill of
 the gateway (or of the supervisor): the gateway's successor cannot RESUME, identifies
 afresh, and must backfill what was said meanwhile from Discord's history.
-
-Reported: messages posted vs stored (missing, duplicated), mentions vs answers
-(missing, answered twice), slash commands vs responses (an ephemeral
-"restarting" counts as a response), the longest time any service was not
-RUNNING after a kill, restarts per service, and ERROR lines logged.
 """
 
 from __future__ import annotations
@@ -142,10 +145,21 @@ class Watch:
                 del self.pending[s["name"]]
 
 
+def full_answer(content: str | None, question: str) -> bool:
+    """The stand-in's whole answer to `question` ("Echo: [who: ]<question> [turn T, M
+    messages]"), with no failure note after it."""
+    return (
+        content is not None
+        and content.startswith("Echo: ")
+        and f"{question} [turn " in content
+        and content.endswith(" messages]")
+    )
+
+
 async def chaos(
     duration: float = 60,
     rate: float = 200,
-    kill_every: float = 3,
+    kill_every: tuple[float, float] = (2.0, 3.0),
     mention_every: float = 1.0,
     command_every: float = 1.0,
     kill_supervisor: bool = True,
@@ -176,8 +190,9 @@ async def chaos(
         bot = Bot(tmp, emu, llm)
         watch = Watch()
         posted: list[str] = []
-        mentions: list[str] = []
-        interactions: list[str] = []
+        mentions: dict[str, str] = {}  # message id -> the question in it
+        interactions: list[str] = []  # other slash commands
+        asks: dict[str, str] = {}  # interaction id -> its prompt
         try:
             await wait_all_running(bot)
             bot_mention = f"<@{world.bot_user_id}>"
@@ -194,21 +209,20 @@ async def chaos(
                     if time.monotonic() >= next_mention:
                         where = chat[len(mentions) % len(chat)]
                         msg = world.post_message(where, author, f"{bot_mention} question {n}")
-                        mentions.append(msg.id)
+                        mentions[msg.id] = f"question {n}"
                         next_mention += mention_every
                     else:
                         msg = world.post_message(general, author, f"chatter {n}")
                     posted.append(msg.id)
                     n += 1
                     if time.monotonic() >= next_command:
-                        name = "status" if len(interactions) % 2 else "ask"
-                        options = (
-                            [{"name": "prompt", "type": 3, "value": f"q{n}"}]
-                            if name == "ask"
-                            else []
-                        )
-                        inter = world.create_interaction(general, alice, name, options)
-                        interactions.append(inter.id)
+                        if (len(interactions) + len(asks)) % 2:
+                            inter = world.create_interaction(general, alice, "status", [])
+                            interactions.append(inter.id)
+                        else:
+                            prompt = {"name": "prompt", "type": 3, "value": f"q{n}"}
+                            inter = world.create_interaction(general, alice, "ask", [prompt])
+                            asks[inter.id] = f"q{n}"
                         next_command += command_every
                     next_post += interval
                     await asyncio.sleep(max(0.0, next_post - time.monotonic()))
@@ -216,7 +230,7 @@ async def chaos(
             async def killer() -> None:
                 nonlocal supervisor_kill_at
                 while time.monotonic() < stop_at:
-                    await asyncio.sleep(kill_every)
+                    await asyncio.sleep(rng.uniform(*kill_every))
                     if time.monotonic() >= stop_at:
                         return
                     if supervisor_kill_at and time.monotonic() >= supervisor_kill_at:
@@ -275,7 +289,7 @@ async def chaos(
                     await asyncio.sleep(0.1)
 
             await asyncio.gather(load(), killer(), monitor())
-            report = await settle(bot, emu, tmp, posted, mentions, interactions, settle_s)
+            report = await settle(bot, emu, tmp, posted, mentions, asks, interactions, settle_s)
         finally:
             bot.stop()
             await emu.stop()
@@ -292,7 +306,7 @@ async def chaos(
             "config": {
                 "duration_s": duration,
                 "rate_per_s": rate,
-                "kill_every_s": kill_every,
+                "kill_every_s": list(kill_every),
                 "mention_every_s": mention_every,
                 "command_every_s": command_every,
                 "seed": seed,
@@ -314,7 +328,11 @@ async def chaos(
     report["bar"] = {
         "zero_missing_or_duplicated_messages": report["messages"]["missing"] == 0
         and report["messages"]["duplicated"] == 0,
+        "every_mention_answered_in_full": report["mentions"]["answered_in_full"]
+        == report["mentions"]["posted"],
         "no_mention_answered_twice": report["mentions"]["answered_twice"] == 0,
+        "every_ask_answered_in_full": report["asks"]["answered_in_full"] == report["asks"]["run"],
+        "no_ask_answered_twice": report["asks"]["answered_twice"] == 0,
         "every_slash_command_answered": report["slash_commands"]["unanswered"] == 0,
         "every_service_back_within_5s": not watch.pending and report["longest_not_running_s"] <= 5,
     }
@@ -326,11 +344,13 @@ async def settle(
     emu: DiscordEmulator,
     tmp: Path,
     posted: list[str],
-    mentions: list[str],
+    mentions: dict[str, str],
+    asks: dict[str, str],
     interactions: list[str],
     settle_s: float,
 ) -> dict[str, Any]:
-    """Wait for the stored count to reach what was posted, then count everything."""
+    """Wait for the stored count to reach what was posted and for the answers to stop
+    changing, then count everything."""
     db = tmp / "data" / "bot.sqlite3"
 
     def stored() -> dict[str, int]:
@@ -351,21 +371,47 @@ async def settle(
         await asyncio.sleep(0.5)
     world = emu.world
 
-    def answers() -> Counter[str]:
-        return Counter(
-            m.reply_to_id
-            for m in list(world.messages.values())
-            if m.reply_to_id and m.author_id == world.bot_user_id
+    def answers() -> dict[str, list[str]]:
+        """What the bot shows for each question: the content of each message answering it
+        (a reply to a mention; a message of an /ask's interaction)."""
+        shown: dict[str, list[str]] = {}
+        for m in list(world.messages.values()):
+            if m.author_id != world.bot_user_id:
+                continue
+            key = m.interaction_id if m.interaction_id in asks else m.reply_to_id
+            if key is not None:
+                shown.setdefault(key, []).append(m.content)
+        return shown
+
+    def done(shown: dict[str, list[str]]) -> bool:
+        return all(
+            any(full_answer(c, q) for c in shown.get(i, []))
+            for i, q in [*mentions.items(), *asks.items()]
         )
 
-    # Answers and interaction responses still streaming: wait until nothing changes.
+    # Answers still streaming, or resumed by a restarted llm: wait until nothing changes.
     last, quiet_since = answers(), time.monotonic()
-    while time.monotonic() < deadline + 10 and time.monotonic() - quiet_since < 3:
+    while time.monotonic() < deadline + 30 and not (
+        done(last) and time.monotonic() - quiet_since >= 3
+    ):
+        if time.monotonic() - quiet_since >= 15:
+            break  # nothing moved for 15 s: what is missing will not come
         await asyncio.sleep(0.5)
         now = answers()
         if now != last:
             last, quiet_since = now, time.monotonic()
-    answered = [last[m] for m in mentions]
+
+    def count(questions: dict[str, str]) -> dict[str, int]:
+        shown = {i: last.get(i, []) for i in questions}
+        return {
+            "answered": sum(1 for i in questions if shown[i]),
+            "answered_in_full": sum(
+                1 for i, q in questions.items() if any(full_answer(c, q) for c in shown[i])
+            ),
+            "missing": sum(1 for i in questions if not shown[i]),
+            "answered_twice": sum(1 for i in questions if len(shown[i]) > 1),
+        }
+
     unanswered_commands = [i for i in interactions if not world.interaction(i).responses]
     return {
         "messages": {
@@ -374,12 +420,8 @@ async def settle(
             "missing": len(wanted - rows.keys()),
             "duplicated": sum(1 for i in wanted if rows.get(i, 0) > 1),
         },
-        "mentions": {
-            "posted": len(mentions),
-            "answered": sum(1 for a in answered if a),
-            "missing": sum(1 for a in answered if a == 0),
-            "answered_twice": sum(1 for a in answered if a > 1),
-        },
+        "mentions": {"posted": len(mentions), **count(mentions)},
+        "asks": {"run": len(asks), **count(asks)},
         "slash_commands": {
             "run": len(interactions),
             "answered": len(interactions) - len(unanswered_commands),
@@ -392,7 +434,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--rate", type=float, default=200)
-    p.add_argument("--kill-every", type=float, default=3)
+    p.add_argument("--kill-every", type=float, nargs=2, default=[2.0, 3.0], metavar=("MIN", "MAX"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-supervisor-kill", action="store_true")
     p.add_argument(
@@ -405,7 +447,7 @@ def main() -> None:
         chaos(
             a.duration,
             a.rate,
-            a.kill_every,
+            tuple(a.kill_every),
             seed=a.seed,
             kill_supervisor=not a.no_supervisor_kill,
             refuse_resume=a.refuse_resume,

@@ -80,6 +80,11 @@ class CircuitBreaker:
         self._probe_out = False
         self._set(BreakerState.CLOSED)
 
+    def release_probe(self) -> None:
+        """A call that ended with no verdict on the peer (it went away): counts neither
+        way, but a half-open probe it held is free for the next call."""
+        self._probe_out = False
+
     def record_failure(self) -> None:
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:

@@ -194,8 +194,9 @@ class Bus:
                 env = self.envelope(msg, Kind.EVENT, peer)
                 if msg.DURABLE and self.outbox is not None:
                     durable.setdefault(peer, []).append(env)
-                else:
+                elif msg.RETAIN_BY is None or self.channel(peer).connected:
                     self.channel(peer).send(env)
+                # (a retained event for an absent subscriber waits for its connection)
         if durable or meta:
             assert self.outbox is not None, "meta needs an outbox"
             lasts = await self.outbox.append_many(
@@ -208,13 +209,24 @@ class Bus:
         """A subscriber (re)connected: it may have missed the latest retained events."""
         for (msg_type, _), msg in self._retained.items():
             if ch.peer in self.topology.subscribers.get(msg_type, ()):
-                ch.send(self.envelope(msg, Kind.EVENT, ch.peer))
+                ch.send(self.envelope(msg, Kind.EVENT, ch.peer), past_breaker=True)
 
     async def request(
         self, peer: str, msg: Message, timeout: float = 5.0, retries: int = 0
     ) -> Envelope:
         env = self.envelope(msg, Kind.REQUEST, peer)
         return await self.channel(peer).request(env, timeout=timeout, retries=retries)
+
+    async def call(self, peer: str, msg: Request[R], timeout: float = 5.0, retries: int = 0) -> R:
+        """Request/reply: the request's declared reply, or RequestTimeout, BreakerOpen or
+        RemoteError (also for a reply of another type than the declared one)."""
+        reply = await self.request(peer, msg, timeout=timeout, retries=retries)
+        if reply.type != msg.REPLY.TYPE:
+            raise RemoteError(peer, "bad_reply", f"{reply.type!r}, not {msg.REPLY.TYPE!r}")
+        try:
+            return decode(msg.REPLY.TYPE, reply.body)  # type: ignore[return-value]
+        except MessageError as exc:
+            raise RemoteError(peer, "bad_reply", str(exc)) from None
 
     # --- inbound --------------------------------------------------------------------
 
@@ -360,10 +372,7 @@ async def request_once(
     async with anyio.create_task_group() as tg:
         tg.start_soon(bus.run)  # reads the reply; closes the sockets when cancelled
         try:
-            body = (await bus.request(peer, msg, timeout=timeout)).body
-            outcome.append(decode(msg.REPLY.TYPE, body))
-        except MessageError as exc:
-            outcome.append(RemoteError(peer, "bad_reply", str(exc)))
+            outcome.append(await bus.call(peer, msg, timeout=timeout))
         except Exception as exc:  # re-raised below, outside the task group's exception group
             outcome.append(exc)
         tg.cancel_scope.cancel()

@@ -3,7 +3,12 @@
 Everything this process sends to a peer goes through its Channel, so each
 (sender, receiver) pair has its own circuit breaker, counters and retry policy:
 - requests wait for a correlated reply until their deadline, retried with
-  tenacity's exponential backoff and jitter when asked to;
+  tenacity's exponential backoff and jitter when asked to; a request to a peer that
+  is not connected, or that goes away while the request is out (it crashed or is
+  restarting), waits for the peer to be back and is sent again, under the same id,
+  until the same deadline (so handlers must be idempotent, as the bus already asks);
+- a peer that connects afresh is a new process: its breaker starts closed, so a
+  short restart never becomes a long refusal;
 - plain events are sent without waiting and counted as dropped if the breaker
   is open or the peer's queue is full;
 - durable events go through the outbox: stored first, sent in order within a
@@ -54,6 +59,10 @@ class RemoteError(Exception):
 # What a call to a peer that is down, restarting or failing raises: the caller's
 # "try again later" (Service.patiently does).
 UNREACHABLE = (RequestTimeout, BreakerOpen, RemoteError)
+
+# A request whose peer went away this many times while it was out is not sent again:
+# it is probably what kills the peer (a poison request must not crash-loop a service).
+MAX_PEER_LOSSES = 3
 
 
 @dataclass
@@ -181,6 +190,9 @@ class Channel:
                 return  # closed
             event = parse_monitor_message(frames)["event"]
             self.connected = event == zmq.EVENT_CONNECTED
+            if self.connected and self.breaker.state is not BreakerState.CLOSED:
+                # A new connection is a new peer process: judge it afresh.
+                self.breaker.record_success()
             self._wake.set()  # the durable pump waits differently for an absent peer
             if not self.connected:
                 for done, box in self._pending.values():
@@ -222,9 +234,11 @@ class Channel:
         self.counters.sent += 1
         return True
 
-    def send(self, env: Envelope) -> bool:
-        """Fire-and-forget (events, replies on this connection). False if dropped."""
-        if not self.breaker.allows() or not self._send_now([env.pack()]):
+    def send(self, env: Envelope, past_breaker: bool = False) -> bool:
+        """Fire-and-forget (events, replies on this connection). False if dropped.
+        `past_breaker`: the peer has just connected, whatever the breaker still says."""
+        allowed = past_breaker or self.breaker.allows()
+        if not allowed or not self._send_now([env.pack()]):
             self.counters.dropped += 1
             return False
         return True
@@ -235,9 +249,14 @@ class Channel:
         timeout: float = 5.0,
         retries: int = 0,
     ) -> Envelope:
-        """Send a request and wait for its reply; retries reuse the message id (idempotent)."""
+        """Send a request and wait for its reply; retries reuse the message id (idempotent).
+
+        Within each attempt's `timeout`, a peer that is not connected is waited for, and
+        one that goes away before answering (PeerGone) is waited for and asked again.
+        `retries` more attempts follow a peer that is there but does not answer.
+        """
         if retries <= 0:
-            return await self._request_once(env, timeout)
+            return await self._request_patiently(env, timeout)
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(retries + 1),
             wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.05),
@@ -248,17 +267,43 @@ class Channel:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.counters.retried += 1
-                return await self._request_once(env, timeout)
+                return await self._request_patiently(env, timeout)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_patiently(self, env: Envelope, timeout: float) -> Envelope:
+        """One attempt until `timeout`, riding out the peer's restarts on the way."""
+        deadline = anyio.current_time() + timeout
+        env.deadline = time.time() + timeout  # the peer drops it once we have given up
+        losses = 0
+        while True:
+            remaining = deadline - anyio.current_time()
+            if not self.connected and not await self.wait_connected(max(remaining, 0.0)):
+                # Down for longer than this caller could wait: that counts against it.
+                self.counters.failed += 1
+                self.breaker.record_failure()
+                raise RequestTimeout(f"{self.peer} not connected: {env.type} waited {timeout}s")
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                self.counters.failed += 1
+                raise RequestTimeout(f"{self.peer} did not answer {env.type} within {timeout}s")
+            try:
+                return await self._request_once(env, remaining)
+            except PeerGone:
+                losses += 1
+                if losses >= MAX_PEER_LOSSES:
+                    raise
+                self.counters.retried += 1
+                logger.info(
+                    "{} went away during {}: asking again once it is back", self.peer, env.type
+                )
 
     async def _request_once(self, env: Envelope, timeout: float) -> Envelope:
         self.breaker.before_call()
         env.kind = Kind.REQUEST
-        env.deadline = time.time() + timeout
         done = anyio.Event()
         box: list[Envelope | None] = []
         self._pending[env.id] = (done, box)
-        answered = False
+        answered = gone = False
         try:
             if not self._send_now([env.pack()]):
                 self.counters.dropped += 1
@@ -271,14 +316,18 @@ class Channel:
             reply = box[0]
             if reply is None:
                 self.counters.failed += 1
+                gone = True
                 raise PeerGone(f"{self.peer} went away before answering {env.type}")
             answered = True
         finally:
             self._pending.pop(env.id, None)
             # Exactly one outcome per call, also when the caller is cancelled or the
-            # send fails: a half-open probe must never stay out for ever.
+            # send fails: a half-open probe must never stay out for ever. A peer that
+            # went away did not fail this call: its successor will be judged on its own.
             if answered:
                 self.breaker.record_success()
+            elif gone:
+                self.breaker.release_probe()
             else:
                 self.breaker.record_failure()
         if reply.kind is Kind.ERROR:

@@ -8,6 +8,7 @@ subscriber. Times are Unix seconds (float).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +259,9 @@ class ConnectionState(Message):
 @dataclass(frozen=True, slots=True)
 class Sent(Message):
     message_id: str
+    # What the message shows, as Discord answered: for a repeated nonce, the content of
+    # the message sent the first time (which may differ from what was asked this time).
+    content: str | None = None
 
 
 @message("discord.channel.created")
@@ -318,6 +322,21 @@ class SendMessage(Request[Sent]):
     embeds: list[dict[str, Any]] = field(default_factory=list)
     reply_to_id: str | None = None
     allowed_mentions: dict[str, Any] | None = None  # Discord's shape: {parse, users, roles}
+    # Up to 25 characters. Sent with enforce_nonce: Discord answers a repeated nonce (same
+    # author, within minutes) with the message already created, so a send retried after
+    # a crash on either side posts once. Derive it from what the message is for.
+    nonce: str | None = None
+
+
+NONCE_LIMIT = 25  # characters in a message nonce (Discord)
+
+
+def nonce_for(*what: object) -> str:
+    """A message nonce derived from what the message is for (a question and a part, a
+    report and its day): the same every time it is sent, another for anything else.
+    24 hex characters, under Discord's 25."""
+    key = "\x1f".join(str(w) for w in what)
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 @message("discord.edit")
@@ -463,6 +482,9 @@ class CommandAnswer(Message):
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False
+    # A deferred command only: the owner has taken it on (durably) and finishes the
+    # original response itself, through the interaction's webhook; nothing else to show.
+    later: bool = False
     # Attached files: `{filename, data_b64, content_type?}` (the .ics of /events ics).
     files: list[dict[str, Any]] = field(default_factory=list)
 
@@ -474,7 +496,11 @@ class CommandInvoked(Request[CommandAnswer]):
     run it (protocol/commands.py). `tier` is the caller's highest permission tier.
 
     `deferred` is true when the gateway has already told Discord "thinking...", in
-    which case the answer becomes the edited original response.
+    which case the answer becomes the edited original response; or the owner answers
+    `later` as soon as it has taken the command on, and edits that response itself
+    (with `interaction_token`, through any gateway process). Until then the gateway
+    keeps its Discord position before the interaction, so a gateway that dies meanwhile
+    is given it again when it RESUMEs.
     """
 
     interaction_id: str
@@ -486,6 +512,10 @@ class CommandInvoked(Request[CommandAnswer]):
     guild_id: str | None
     tier: str = "public"  # a Tier
     deferred: bool = False
+    # The interaction's webhook (valid 15 minutes): lets the owner finish an answer
+    # through any gateway process, even one started after this request was sent.
+    interaction_token: str | None = None
+    application_id: str | None = None
     subcommand: str | None = None  # "create" for `/event create`
 
     @property
@@ -501,12 +531,20 @@ class EditInteraction(Request[Done]):
     interaction_id: str
     content: str | None = None
     embeds: list[dict[str, Any]] | None = None
+    interaction_token: str | None = None  # from CommandInvoked (a restarted gateway needs it)
+    application_id: str | None = None
 
 
 @message("discord.interaction.followup")
 @dataclass(frozen=True, slots=True)
 class InteractionFollowup(Request[Sent]):
+    """A further message of an interaction's answer. Discord has no nonce for these: the
+    gateway answers a repeated `nonce` with the follow-up it already posted."""
+
     interaction_id: str
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = False
+    interaction_token: str | None = None
+    application_id: str | None = None
+    nonce: str | None = None

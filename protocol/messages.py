@@ -63,6 +63,9 @@ def message(name: str, *, durable: bool = False, retain_by: str | None = None):
             raise TypeError(f"message type {name!r} declared twice")
         if issubclass(cls, Request) and not isinstance(getattr(cls, "REPLY", None), type):
             raise TypeError(f"request {name!r} does not declare its reply: Request[Reply]")
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if retain_by and retain_by not in fields:
+            raise TypeError(f"{name!r} is retained by {retain_by!r}, which is not a field")
         cls.TYPE = name
         cls.DURABLE = durable
         cls.RETAIN_BY = retain_by
@@ -183,7 +186,6 @@ class SupervisorStatus(Message):
 
     supervisor: dict[str, Any]
     services: list[dict[str, Any]]
-    changed: list[str] = dataclasses.field(default_factory=list)  # whose state changed
     metrics_url: str | None = None  # Prometheus text; /healthz beside it
 
     def service(self, name: str) -> dict[str, Any] | None:

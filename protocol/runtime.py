@@ -35,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +46,7 @@ import anyio
 from loguru import logger
 
 from protocol.bus import Bus, Reply, Topology, TransientError
-from protocol.channel import UNREACHABLE, RemoteError
+from protocol.channel import UNREACHABLE
 from protocol.clock import Clock
 from protocol.commands import CATALOGUE
 from protocol.discord import CommandAnswer, CommandInvoked
@@ -75,7 +77,20 @@ __all__ = [
     "RuntimeContext",
     "Service",
     "TransientError",
+    "caller_time_left",
 ]
+
+# When the caller of the request being handled gives up (wall clock), if it said.
+_caller_deadline: ContextVar[float | None] = ContextVar("caller_deadline", default=None)
+
+
+def caller_time_left() -> float:
+    """Seconds the caller of the request being handled still waits for its answer (0
+    outside a request, or if it did not say): what a handler may spend waiting for
+    something it needs (the gateway, for its Discord login) instead of refusing."""
+    deadline = _caller_deadline.get()
+    return max(0.0, deadline - time.time()) if deadline is not None else 0.0
+
 
 # A service that cannot start because of its configuration exits with this (sysexits'
 # EX_CONFIG): restarting it would not help, so the supervisor stops start-up instead.
@@ -220,11 +235,7 @@ class Service:
         """Request/reply: the request's declared reply, or RequestTimeout, BreakerOpen or
         RemoteError (also for a reply that is not of the declared type)."""
         assert self.bus is not None, "call before the service runs"
-        reply = await self.bus.request(peer, msg, timeout=timeout, retries=retries)
-        try:
-            return decode(msg.REPLY.TYPE, reply.body)  # type: ignore[return-value]
-        except MessageError as exc:
-            raise RemoteError(peer, "bad_reply", str(exc)) from None
+        return await self.bus.call(peer, msg, timeout=timeout, retries=retries)
 
     async def patiently(
         self,
@@ -280,6 +291,15 @@ class Service:
         )
         if problems:
             raise ConfigurationError("\n".join(str(p) for p in problems))
+        try:
+            self._take(settings)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"services.{self.name}.settings: not usable ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _take(self, settings: Any) -> None:
+        """Put settings in force: every on_settings callback sees them."""
         self._settings = settings
         for fn in self._on_settings:
             fn(settings)
@@ -319,9 +339,12 @@ class Service:
             return Outcome(True, "unchanged")
         # Fields that wait for a restart keep their running values.
         kept = {name: getattr(old, name) for name in restart}
-        self._settings = dataclasses.replace(new, **kept)
-        for fn in self._on_settings:
-            fn(self._settings)
+        try:
+            self._take(dataclasses.replace(new, **kept))
+        except Exception as exc:
+            logger.exception("reload refused: the new settings could not be applied")
+            self._take(old)
+            return Outcome(False, f"not applied ({type(exc).__name__}: {exc})")
         detail = f"applied {', '.join(live)}" if live else "nothing applied live"
         if restart:
             detail += f"; {', '.join(restart)} change on restart"
@@ -344,6 +367,7 @@ class Service:
             self._quiet.warning((env.src, env.type), "bad request from {}: {}", env.src, exc)
             reply(env.error("bad_request", str(exc)))
             return
+        _caller_deadline.set(env.deadline)  # this task's own context: no reset needed
         try:
             result = await handler(msg)
         except Refused as exc:

@@ -69,7 +69,6 @@ class ServiceSettings:
 
     # Lets a peer move this service's clock (AdvanceClock): the sandbox sets it.
     allow_clock_control: bool = setting(False, live=False)
-    log_level: str | None = setting(None, check=lambda v: _log_level(v), live=False)
 
 
 S = TypeVar("S")
@@ -147,13 +146,6 @@ def template(*placeholders: str) -> Check:
         return None
 
     return check
-
-
-def _log_level(value: Any) -> tuple[str, str] | None:
-    levels = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-    if value is None or str(value).upper() in levels:
-        return None
-    return f"unknown log level {value!r}", "use one of " + ", ".join(levels)
 
 
 # --- the parser ----------------------------------------------------------------------------

@@ -44,7 +44,10 @@ route has a Python twin on :class:`OpenAIStandin`:
   ``{"kind": "truncated_stream", "abort": true}`` stops half-way without ``[DONE]`` or a
   finish_reason; ``abort: true`` drops the connection, ``false`` ends the HTTP body
   cleanly (a non-streaming request gets half a JSON body either way);
-  ``{"kind": "endless"}`` streams tokens forever (a non-streaming request just hangs).
+  ``{"kind": "endless"}`` streams tokens forever (a non-streaming request just hangs);
+  ``{"kind": "slow_stream", "token_delay_s": 0.2}`` answers normally, but pauses that long
+  before each streamed piece (a plain answer waits for all of them): one slow answer, to
+  kill a bot in the middle of it.
 - ``POST /_control/settings`` (``update_settings``): a partial update of
   ``{"token_delay_s": 0.0, "context_limit_tokens": null, "down": false,
   "always_output": null}``. ``token_delay_s`` is the pause per streamed piece (a plain
@@ -74,7 +77,16 @@ CHARS_PER_TOKEN = 4
 MAX_LONG_CHARS = 200_000
 MODEL_CREATED = 1_700_000_000
 SYSTEM_FINGERPRINT = "fp_sandbox"
-FAULT_KINDS = ("429", "500", "401", "hang", "garbage", "truncated_stream", "endless")
+FAULT_KINDS = (
+    "429",
+    "500",
+    "401",
+    "hang",
+    "garbage",
+    "truncated_stream",
+    "endless",
+    "slow_stream",
+)
 
 _LONG_RE = re.compile(r"!long\s+(\d+)")
 _ECHO_RE = re.compile(r"!echo ?(.*)", re.DOTALL)
@@ -90,6 +102,7 @@ class Fault:
     seconds: float = 30.0
     abort: bool = True
     content_type: str = "application/json"
+    token_delay_s: float = 0.2
 
 
 @dataclass
@@ -143,6 +156,8 @@ def parse_fault(raw: Any) -> Fault:
         fault = replace(fault, retry_after=_number(raw["retry_after"], "retry_after"))
     if "seconds" in raw:
         fault = replace(fault, seconds=_number(raw["seconds"], "seconds"))
+    if "token_delay_s" in raw:
+        fault = replace(fault, token_delay_s=_number(raw["token_delay_s"], "token_delay_s"))
     if "abort" in raw:
         if not isinstance(raw["abort"], bool):
             raise ValueError("abort must be a boolean")
@@ -508,7 +523,7 @@ class OpenAIStandin:
                     return web.Response()
             elif fault.kind == "endless" and call.stream:
                 return await self._endless_stream(request, call.model)
-            elif fault.kind not in ("truncated_stream", "endless"):
+            elif fault.kind not in ("truncated_stream", "endless", "slow_stream"):
                 return self._fault_response(fault, call.model)
 
         n_prompt = prompt_tokens(call.messages)
@@ -543,6 +558,11 @@ class OpenAIStandin:
             "total_tokens": n_prompt + n_completion,
         }
         truncated = fault is not None and fault.kind == "truncated_stream"
+        delay = (
+            fault.token_delay_s
+            if fault is not None and fault.kind == "slow_stream"
+            else self.settings.token_delay_s
+        )
         if call.stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -553,8 +573,9 @@ class OpenAIStandin:
                 finish_reason,
                 usage if include_usage else None,
                 truncate=fault if truncated else None,
+                delay=delay,
             )
-        if await self._pause(self.settings.token_delay_s * len(pieces(text))):
+        if await self._pause(delay * len(pieces(text))):
             self._drop(request)
             return web.Response()
         message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
@@ -652,6 +673,7 @@ class OpenAIStandin:
         finish_reason: str,
         usage: dict[str, int] | None,
         truncate: Fault | None,
+        delay: float,
     ) -> web.StreamResponse:
         """SSE like OpenAI: role chunk, content chunks, finish chunk, usage chunk, [DONE]."""
 
@@ -686,7 +708,7 @@ class OpenAIStandin:
         try:
             for index, event in enumerate(events):
                 if 1 <= index <= len(parts):
-                    if await self._pause(self.settings.token_delay_s):
+                    if await self._pause(delay):
                         self._drop(request)
                         return response
                 elif self._stopping.is_set():

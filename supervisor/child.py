@@ -49,7 +49,11 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     sup = config.supervisor
-    spec = config.service(name)
+    try:
+        spec = config.service(name)
+    except KeyError:  # removed from services.toml since the supervisor started
+        print(f"services.{name}: no longer in {config.path}; restart the bot", file=sys.stderr)
+        return EXIT_CONFIG
     log_format = os.environ.get("BOT_LOG_FORMAT") or sup.log_format  # run.py --log-format
     logs.setup(
         name, log_format, sup.log_dir or sup.data_dir / "logs", logs.level_for(spec.log_level)

@@ -8,6 +8,7 @@ toml: a service names the environment variables it needs in `env_required`.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -242,6 +243,12 @@ def _service(
         r.bad(f"{key}.settings", "must be a table", f"write [services.{name}.settings]")
         settings = {}
     settings = {**settings, **overrides.get(name, {})}
+    for skey, value in _dates(settings):
+        r.bad(
+            f"{key}.settings.{skey}",
+            f"is a TOML date or time ({value}), which services are not given",
+            f'quote it: {skey.rsplit(".", 1)[-1]} = "{value}"',
+        )
     log_level = merged.get("log_level")
     if log_level is not None and str(log_level).upper() not in LOG_LEVELS:
         r.bad(f"{key}.log_level", f"unknown level {log_level!r}", "use " + ", ".join(LOG_LEVELS))
@@ -393,6 +400,17 @@ def parse(data: dict[str, Any], path: Path, data_dir: Path | None = None) -> Con
     return Config(path=path, supervisor=settings, services=ordered)
 
 
+def _dates(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Unquoted TOML dates and times in a settings table (`report_time = 09:00:00`)."""
+    found = []
+    for k, v in table.items():
+        if isinstance(v, dict):
+            found += _dates(v, f"{prefix}{k}.")
+        elif isinstance(v, datetime.date | datetime.time):
+            found.append((f"{prefix}{k}", v))
+    return found
+
+
 def settings_overrides() -> dict[str, dict[str, Any]]:
     """{service: {setting: value}} from $BOT_SETTINGS_OVERRIDES (the sandbox sets it)."""
     try:
@@ -407,6 +425,10 @@ def settings_overrides() -> dict[str, dict[str, Any]]:
 def load(path: Path, data_dir: Path | None = None) -> Config:
     try:
         text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            [ConfigProblem(str(path), "is not UTF-8 text", "save it as UTF-8")]
+        ) from None
     except OSError as exc:
         raise ConfigError(
             [

@@ -83,7 +83,6 @@ class Supervisor:
         self._shutting_down = False
         self._ready_sent = False
         self._status_due = True  # publish SupervisorStatus at the next monitor tick
-        self._published_states: dict[str, str] = {}
         self._started_at = time.monotonic()
         self.bus: Bus | None = None
         self._tg: TaskGroup | None = None
@@ -240,8 +239,9 @@ class Supervisor:
                 self.effects.forget(child.pid)
                 self._gone[name].set()
                 decision = proc.exited(returncode, self.effects.now())
-                if proc.state is State.FATAL and returncode == EXIT_CONFIG:
-                    # It said what is wrong, one line per problem: start-up stops here.
+                if proc.state is State.FATAL and returncode == EXIT_CONFIG and not self._ready_sent:
+                    # It said what is wrong, one line per problem: start-up stops here. (Later,
+                    # a bad edit met at a respawn makes only that service FATAL, alerted.)
                     logger.error("{}: configuration problem (see above): stopping", name)
                     self._note_change()
                     self.stop(2)
@@ -398,7 +398,7 @@ class Supervisor:
         assert self.bus is not None
         self._clock_given[name] = self.clock_offset_s
         try:
-            await self.bus.request(name, AdvanceClock(behind), timeout=2)
+            await self.bus.call(name, AdvanceClock(behind), timeout=2)
         except UNREACHABLE as exc:
             # It is going away: its successor is given the whole offset when it starts.
             logger.info("{}: its clock was not moved ({})", name, exc)
@@ -428,7 +428,8 @@ class Supervisor:
     async def reload(self) -> Outcome:
         """Re-read services.toml and give each running service its settings (SIGHUP,
         `run.py reload`): each applies what can change live and names the rest. What
-        is not a setting (services, restart policies) changes on the next start."""
+        is not a setting (services, restart policies) changes on the next start. A
+        reload any service refuses leaves the configuration in force as it was."""
         try:
             fresh = await anyio.to_thread.run_sync(
                 load, self.config.path, self.config.supervisor.data_dir
@@ -437,27 +438,32 @@ class Supervisor:
             for problem in exc.problems:
                 logger.error("reload refused: {}", problem)
             return Outcome(False, "; ".join(str(p) for p in exc.problems))
-        assert self.bus is not None
-        details = []
-        ok = True
-        for proc in self.procs.values():
+        outcomes: dict[str, Outcome] = {}
+
+        async def apply(proc: ServiceProcess) -> None:
             try:
                 spec = fresh.service(proc.name)
             except KeyError:
-                details.append(f"{proc.name}: removed from the file (stops on the next start)")
-                continue
+                outcomes[proc.name] = Outcome(True, "removed from the file (on the next start)")
+                return
             if proc.state is not State.RUNNING:
-                details.append(f"{proc.name}: {proc.state.value}, takes them when it starts")
-                continue
+                outcomes[proc.name] = Outcome(True, f"{proc.state.value}: takes them at start")
+                return
+            assert self.bus is not None
             try:
-                reply = await self.bus.request(proc.name, ApplySettings(spec.settings), timeout=5)
-                outcome = decode(Outcome.TYPE, reply.body)
-                assert isinstance(outcome, Outcome)
-            except (*UNREACHABLE, MessageError) as exc:
-                outcome = Outcome(False, str(exc))
-            ok = ok and outcome.ok
-            details.append(f"{proc.name}: {outcome.detail}")
-        self.config = fresh
+                outcomes[proc.name] = await self.bus.call(
+                    proc.name, ApplySettings(spec.settings), timeout=5
+                )
+            except Exception as exc:  # unreachable, refused, or a value msgpack cannot carry
+                outcomes[proc.name] = Outcome(False, f"{type(exc).__name__}: {exc}")
+
+        async with anyio.create_task_group() as tg:
+            for proc in self.procs.values():
+                tg.start_soon(apply, proc)
+        ok = all(o.ok for o in outcomes.values())
+        if ok:
+            self.config = fresh
+        details = [f"{name}: {outcomes[name].detail}" for name in self.procs]
         logger.info("reload: {}", "; ".join(details))
         return Outcome(ok, "\n".join(details))
 
@@ -465,11 +471,7 @@ class Supervisor:
         """Each state change, pushed to the services that subscribe (heartbeat, presence)."""
         self._status_due = False
         assert self.bus is not None
-        status = self.status()
-        states = {s["name"]: s["state"] for s in status.services}
-        changed = [n for n, st in states.items() if self._published_states.get(n) != st]
-        self._published_states = states
-        await self.bus.publish(SupervisorStatus(status.supervisor, status.services, changed))
+        await self.bus.publish(self.status())
 
     def status(self) -> SupervisorStatus:
         now = self.effects.now()

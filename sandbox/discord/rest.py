@@ -31,6 +31,7 @@ from .checks import check_message, has_something_to_show, refuse_empty
 from .gateway import Gateway
 from .ratelimit import Clock, Decision, RateLimiter
 from .world import (
+    NONCE_MAX_CHARS,
     TEXT,
     Forbidden,
     FormError,
@@ -429,10 +430,19 @@ class RestApi:
         return json_response(page)
 
     async def send_message(self, request: web.Request) -> web.Response:
+        """Create Message. A ``nonce`` (an integer, or a string of up to 25 characters)
+        with ``enforce_nonce: true`` makes a repeat of a create idempotent: the message the
+        same author created with that nonce in the last few minutes is returned as it is
+        now, and nothing new is posted (or dispatched)."""
         body = _require_dict(request[BODY])
         channel_id = request.match_info["channel_id"]
         self.world.channel(channel_id)
-        msg = self._new_message(channel_id, body, request[FILES])
+        nonce = _nonce(body)
+        if nonce is not None and body.get("enforce_nonce") is True:
+            existing = self.world.message_by_nonce(self.world.bot_user_id, nonce)
+            if existing is not None:
+                return json_response(self.world.message_payload(existing))
+        msg = self._new_message(channel_id, body, request[FILES], nonce=nonce)
         return json_response(self.world.message_payload(msg))
 
     def _new_message(
@@ -443,6 +453,7 @@ class RestApi:
         *,
         interaction: Interaction | None = None,
         extra_flags: int = 0,
+        nonce: str | int | None = None,
     ) -> Message:
         check_message(body)
         content = body.get("content") or ""
@@ -483,6 +494,7 @@ class RestApi:
             interaction_id=interaction.id if interaction else None,
             webhook_id=self.world.bot_user_id if interaction else None,
             poll=poll,
+            nonce=nonce,
         )
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -866,6 +878,23 @@ def _int_param(query: Any, name: str, default: Any, code: str, kind: str) -> Any
         return int(raw)
     except ValueError:
         raise FormError(name, code, f'Value "{raw}" is not {kind}.') from None
+
+
+def _nonce(body: dict[str, Any]) -> str | int | None:
+    """A create's ``nonce`` as Discord validates it (50035 naming the field otherwise)."""
+    nonce = body.get("nonce")
+    if nonce is None:
+        return None
+    if isinstance(nonce, bool) or not isinstance(nonce, str | int):
+        raise FormError("nonce", "BASE_TYPE_STRING", "Must be a string or an integer.")
+    if isinstance(nonce, str) and len(nonce) > NONCE_MAX_CHARS:
+        raise FormError(
+            "nonce", "BASE_TYPE_MAX_LENGTH", f"Must be {NONCE_MAX_CHARS} or fewer in length."
+        )
+    enforce = body.get("enforce_nonce")
+    if enforce is not None and not isinstance(enforce, bool):
+        raise FormError("enforce_nonce", "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+    return nonce
 
 
 def _require_dict(body: Any) -> dict[str, Any]:

@@ -29,6 +29,9 @@ PERM_EVERYONE = 1071698660929
 PERM_ALL = (1 << 51) - 1
 
 STATUSES = ("online", "idle", "dnd", "offline")
+#: How long a message nonce is remembered for enforce_nonce (Discord: "a few minutes").
+NONCE_WINDOW_S = 300.0
+NONCE_MAX_CHARS = 25
 TEXT, VOICE, CATEGORY = 0, 2, 4
 DM = 1  # a direct-message channel: not part of the guild (kept in World.dm_channels)
 
@@ -211,6 +214,7 @@ class Message:
     interaction_id: str | None = None
     webhook_id: str | None = None
     poll: Poll | None = None
+    nonce: str | int | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -280,6 +284,8 @@ class World:
         self.scheduled_events: dict[str, ScheduledEvent] = {}
         #: Uploaded files by attachment id: (filename, content type, bytes).
         self.files: dict[str, tuple[str, str, bytes]] = {}
+        #: (author, nonce) -> (message id, when): what enforce_nonce looks up.
+        self.nonces: dict[tuple[str, str], tuple[str, float]] = {}
 
     def iso_now(self) -> str:
         return iso_at(self.wall())
@@ -344,6 +350,14 @@ class World:
         self.channel(channel_id)
         return [m for m in self.messages.values() if m.channel_id == channel_id and not m.ephemeral]
 
+    def message_by_nonce(self, author_id: str, nonce: str | int) -> Message | None:
+        """The message `author_id` created with this nonce within the last
+        NONCE_WINDOW_S, if it still exists (what Discord returns for enforce_nonce)."""
+        found = self.nonces.get((author_id, str(nonce)))
+        if found is None or self.now() - found[1] > NONCE_WINDOW_S:
+            return None
+        return self.messages.get(found[0])
+
     def permissions(self, user_id: str) -> int:
         """Effective guild permissions: owner and administrators get every bit."""
         member = self.member(user_id)
@@ -372,6 +386,7 @@ class World:
         interaction_id: str | None = None,
         webhook_id: str | None = None,
         poll: Poll | None = None,
+        nonce: str | int | None = None,
     ) -> Message:
         channel = self.channel(channel_id)
         if channel.type not in (TEXT, DM):
@@ -395,8 +410,14 @@ class World:
             interaction_id=interaction_id,
             webhook_id=webhook_id,
             poll=poll,
+            nonce=nonce,
         )
         self.messages[msg.id] = msg
+        if nonce is not None:
+            now = self.now()
+            if len(self.nonces) > 10_000:
+                self.nonces = {k: v for k, v in self.nonces.items() if now - v[1] <= NONCE_WINDOW_S}
+            self.nonces[(author_id, str(nonce))] = (msg.id, now)
         if not msg.ephemeral:
             channel.last_message_id = msg.id
             self.dispatch("MESSAGE_CREATE", self.message_payload(msg))
@@ -1027,6 +1048,8 @@ class World:
             data["guild_id"] = self.guild_id
         if msg.poll is not None:
             data["poll"] = self.poll_payload(msg.poll)
+        if msg.nonce is not None:
+            data["nonce"] = msg.nonce
         if in_guild and msg.webhook_id is None and msg.author_id in self.members:
             data["member"] = self.member_payload(msg.author_id, with_user=False)
         if msg.webhook_id is not None:

@@ -12,7 +12,7 @@ import io
 import json
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import aiohttp
 import anyio
@@ -21,6 +21,7 @@ import discord
 from protocol.discord import (
     MESSAGE_LIMIT,
     NO_PINGS,
+    NONCE_LIMIT,
     RENAME_WINDOW_S,
     RENAMES_PER_WINDOW,
     ChannelCreated,
@@ -53,7 +54,7 @@ from protocol.discord import (
     UserIds,
 )
 from protocol.messages import Done, Request
-from protocol.runtime import Refused, Service
+from protocol.runtime import Refused, Service, caller_time_left
 from services.gateway.convert import scheduled_event, timestamp
 from services.gateway.interactions import EPHEMERAL, RESPOND_WITH_MESSAGE, Invocation
 from services.gateway.state import Gateway
@@ -67,6 +68,19 @@ REASON_BY_STATUS = {
     404: "not_found",
     429: "rate_limited",
 }
+
+
+class Webhook(NamedTuple):
+    """What an interaction's responses are sent with, when this process has no
+    `Invocation` of it."""
+
+    application_id: str
+    token: str
+
+
+def _nonce_fits(nonce: str | None) -> None:
+    if nonce is not None and not 0 < len(nonce) <= NONCE_LIMIT:
+        raise Refused("bad_request", f"a nonce is 1 to {NONCE_LIMIT} characters")
 
 
 PAGE = 100  # users per page of Get Answer Voters / Get Guild Scheduled Event Users
@@ -132,7 +146,14 @@ class Actions:
             service.request(request_type)(getattr(self, method))
 
     async def call_discord(self, call: Any) -> Any:
-        """Await one py-cord HTTP call, mapping failures to clear refusals for the caller."""
+        """Await one py-cord HTTP call, mapping failures to clear refusals for the caller.
+
+        A gateway that has just (re)started is on the bus before it has logged in to
+        Discord: the call waits for the login as long as its caller waits for the answer.
+        """
+        if not self.gw.logged_in:
+            with anyio.move_on_after(min(caller_time_left(), self.gw.request_timeout_s)):
+                await self.gw.login_done.wait()
         if not self.gw.logged_in:
             call.close()  # never awaited: the coroutine is dropped cleanly
             raise Refused("not_connected", "not logged in to Discord yet")
@@ -152,7 +173,7 @@ class Actions:
             raise Refused("not_connected", f"Discord could not be reached: {exc!r}") from None
 
     async def edit_original(
-        self, inv: Invocation, content: str | None, embeds: list[dict[str, Any]] | None
+        self, inv: Invocation | Webhook, content: str | None, embeds: list[dict[str, Any]] | None
     ) -> None:
         await self.call_discord(
             self.gw.http().edit_original_interaction_response(
@@ -169,6 +190,7 @@ class Actions:
 
     async def send_message(self, msg: SendMessage) -> Sent:
         _fits(msg.content)
+        _nonce_fits(msg.nonce)
         reference = (
             {"message_id": msg.reply_to_id, "fail_if_not_exists": False}
             if msg.reply_to_id
@@ -179,11 +201,13 @@ class Actions:
                 msg.channel_id,
                 msg.content or None,
                 embeds=msg.embeds or None,
+                nonce=msg.nonce,
+                enforce_nonce=True if msg.nonce else None,
                 allowed_mentions=self._mentions(msg.allowed_mentions),
                 message_reference=reference,
             )
         )
-        return Sent(str(sent["id"]))
+        return Sent(str(sent["id"]), sent.get("content"))
 
     async def edit_message(self, msg: EditMessage) -> Done:
         _fits(msg.content)
@@ -270,19 +294,27 @@ class Actions:
             raise Refused("not_found", "no guild known yet (not connected?)")
         return guild.ready(self.gw.bot_id)
 
-    async def edit_interaction(self, msg: EditInteraction) -> Done:
+    def _webhook(self, msg: EditInteraction | InteractionFollowup) -> Invocation | Webhook:
+        """The interaction's webhook: this process's record of it, else the one the request
+        carries (this gateway started after the interaction arrived)."""
         inv = self.gw.interactions.get(msg.interaction_id)
-        if inv is None:
-            raise Refused("not_found", "unknown or expired interaction")
+        if inv is not None:
+            return inv
+        if msg.interaction_token and msg.application_id:
+            return Webhook(msg.application_id, msg.interaction_token)
+        raise Refused("not_found", "unknown or expired interaction")
+
+    async def edit_interaction(self, msg: EditInteraction) -> Done:
+        inv = self._webhook(msg)
         _fits(msg.content)
         await self.edit_original(inv, msg.content, msg.embeds)
         return Done()
 
     async def interaction_followup(self, msg: InteractionFollowup) -> Sent:
-        inv = self.gw.interactions.get(msg.interaction_id)
-        if inv is None:
-            raise Refused("not_found", "unknown or expired interaction")
+        inv = self._webhook(msg)
         _fits(msg.content)
+        if msg.nonce is not None and (posted := self.gw.followups.get(msg.nonce)) is not None:
+            return posted  # asked again (its sender restarted): posted once
         # Create Followup Message. py-cord's create_followup_message iterates `files` (None
         # raises TypeError before any request) and cannot set flags (ephemeral): call its
         # multipart helper on the same route instead.
@@ -302,7 +334,10 @@ class Actions:
                 flags=EPHEMERAL if msg.ephemeral else None,
             )
         )
-        return Sent(str(sent["id"]))
+        posted = Sent(str(sent["id"]), sent.get("content"))
+        if msg.nonce is not None:
+            self.gw.remember_followup(msg.nonce, posted)
+        return posted
 
     async def respond_with_files(
         self, inv: Invocation, data: dict[str, Any], files: list[dict[str, Any]]

@@ -34,12 +34,14 @@ OPTION_TYPES = {"string": 3, "integer": 4, "boolean": 5, "number": 10}
 SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
 
 
-def command_payload(names: list[str]) -> list[dict[str, Any]]:
-    """Discord's bulk-overwrite body for the commands enabled services answer."""
-    return [_payload(CATALOGUE[n]) for n in sorted(names) if n in CATALOGUE]
+def command_payload(names: list[str], hide_from_members: bool = True) -> list[dict[str, Any]]:
+    """Discord's bulk-overwrite body for the commands enabled services answer.
+    `hide_from_members`: admin commands need Manage Server in Discord itself; off when
+    admin roles or owners are configured (Discord would refuse them before we could)."""
+    return [_payload(CATALOGUE[n], hide_from_members) for n in sorted(names) if n in CATALOGUE]
 
 
-def _payload(cmd: Command) -> dict[str, Any]:
+def _payload(cmd: Command, hide_from_members: bool) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "name": cmd.name,
         "description": cmd.description,
@@ -56,7 +58,7 @@ def _payload(cmd: Command) -> dict[str, Any]:
         ]
         or _options(cmd.options),
     }
-    if cmd.tier in (Tier.ADMIN, Tier.OWNER):
+    if hide_from_members and cmd.tier in (Tier.ADMIN, Tier.OWNER):
         # Discord hides it from members without Manage Server (admins may override per
         # role in Server Settings); the gateway checks the tier itself either way.
         payload["default_member_permissions"] = str(MANAGE_GUILD)
@@ -148,8 +150,10 @@ def message_data(
     return data
 
 
-def help_text(tier: Tier, enabled: Collection[str]) -> str:
-    """/help: exactly the commands this caller may run, from their declarations."""
+def help_text(tier: Tier, enabled: Collection[str], in_guild: bool = True) -> str:
+    """/help: exactly the commands this caller may run here, from their declarations (in
+    a DM only the public ones: the others run in a server)."""
+    tier = tier if in_guild else Tier.PUBLIC
     lines = [f"Commands you can run here ({tier.value}):"]
     for cmd in runnable_by(tier, enabled):
         usages = " · ".join(f"`{usage}`" for usage in cmd.usages())

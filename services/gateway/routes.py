@@ -30,7 +30,9 @@ CALLS: tuple[DiscordCall, ...] = (
         "Create Message",
         "POST",
         "/channels/{channel.id}/messages",
-        "JSON: content (refused over 2,000), embeds, allowed_mentions (none given: pings nobody)",
+        "JSON: content (refused over 2,000), embeds, allowed_mentions (none given: pings "
+        "nobody), nonce with enforce_nonce: true when given (a repeat returns the message "
+        "already posted)",
         "/resources/message#create-message",
     ),
     DiscordCall(
@@ -172,7 +174,8 @@ CALLS: tuple[DiscordCall, ...] = (
         "POST",
         "/webhooks/{application.id}/{interaction.token}",
         "form (payload_json): tts, content (refused over 2,000), embeds, allowed_mentions, "
-        "attachments [], flags 64 when ephemeral",
+        "attachments [], flags 64 when ephemeral; a nonce already posted is answered with "
+        "that follow-up, no request",
         "/interactions/receiving-and-responding#create-followup-message",
     ),
     DiscordCall(

@@ -58,6 +58,7 @@ from services.gateway.state import Gateway, Position
 SESSION_SAVE_EVERY_S = 0.05
 POSITION_KEY = "gateway.position"  # in the gateway's outbox
 INTERACTION_TTL_S = 900.0  # interaction tokens live 15 minutes
+DEFERRED_TIMEOUT_S = 120.0  # for the owner of a deferred command to take it on
 FAILED = "That failed, sorry. The error was logged."
 
 
@@ -155,6 +156,7 @@ class GatewayService:
             sys.exit(2)
         self.gw.bot_id = str(self.gw.client.user.id) if self.gw.client.user else self.gw.bot_id
         self.gw.logged_in = True
+        self.gw.login_done.set()
 
     @staticmethod
     def _worth_retrying(exc: BaseException) -> bool:
@@ -165,10 +167,12 @@ class GatewayService:
     async def _register_commands(self) -> None:
         assert self.service.ctx is not None and self.gw.bot_id is not None
         names = list(self.service.ctx.topology.commands)
+        settings: Settings = self.service.settings
+        hide = not (settings.owner_ids or settings.admin_roles)
         try:
             with anyio.fail_after(self.gw.request_timeout_s):
                 await self.gw.http().bulk_upsert_global_commands(
-                    self.gw.bot_id, command_payload(names)
+                    self.gw.bot_id, command_payload(names, hide)
                 )
             logger.info("slash commands registered: {}", ", ".join(sorted(names)) or "none")
         except (discord.HTTPException, TimeoutError) as exc:
@@ -235,8 +239,10 @@ class GatewayService:
             changed = self.gw.guilds.apply(event, d)
             if changed:
                 self.gw.counts_dirty.add(changed)
-            if event == "GUILD_CREATE" and changed:
-                guild = self.gw.guilds.get(changed)
+            # The retained GuildReady follows the guild's channels: a service that starts
+            # later must find a channel created or renamed since the connection.
+            if event == "GUILD_CREATE" or event.startswith("CHANNEL_"):
+                guild = self.gw.guilds.guilds.get(str(d.get("guild_id") or d.get("id") or ""))
                 if guild is not None and self.gw.bot_id:
                     self.gw.queue.append((None, [guild.ready(self.gw.bot_id)]))
             events = convert(event, d, self.gw.bot_id, now, self.gw.guilds.channel_names())
@@ -325,8 +331,9 @@ class GatewayService:
         return {POSITION_KEY: json.dumps({**asdict(at), "at": self.gw.last_event_at})}
 
     def _resumable(self, at: Position) -> Position:
-        """Not past a slash command still waiting for its first response: if we die now, the
-        RESUME replays it and our successor answers (often still inside Discord's 3 s)."""
+        """Not past a slash command still waiting for its first response, or deferred and
+        not yet taken on by its owner: if we die now, the RESUME replays it and our
+        successor answers (often still inside Discord's 3 s) or hands it on."""
         if not self.gw.unanswered:
             return at
         oldest = min(self.gw.unanswered.values())
@@ -406,7 +413,11 @@ class GatewayService:
             inv.guild_id,
             tier.value,
             declared.slow,
-            inv.subcommand,
+            # A deferred answer may be finished by the owner through another gateway
+            # process (this one may die meanwhile): it gets the interaction's webhook.
+            inv.token if declared.slow else None,
+            inv.application_id if declared.slow else None,
+            subcommand=inv.subcommand,
         )
         if owner == self.service.name:  # answered here (/help): no hop
             answer = await self.service.commands[inv.command](request)
@@ -414,20 +425,16 @@ class GatewayService:
             await self._respond(inv, RESPOND_WITH_MESSAGE, reply)
             return
         channel = self.service.bus.channel(owner)
-        # A fresh channel needs a moment to connect; a dead owner never will.
+        if declared.slow:
+            await self._answer_deferred(inv, owner, request)
+            return
         if not await channel.wait_connected(0.3) or not channel.breaker.allows():
+            # A fresh channel needs a moment to connect; a dead owner will not make 3 s.
             await self._respond(inv, RESPOND_WITH_MESSAGE, message_data(RESTARTING, ephemeral=True))
             return
         self._remember(inv)
-        if declared.slow:
-            await self._respond(inv, RESPOND_DEFERRED, None)
-        timeout = 120.0 if declared.slow else 2.0
-        answer, failure = await self._ask_owner(owner, request, timeout)
-        if declared.slow:
-            text = failure or (answer.content if answer else "")
-            embeds = answer.embeds if answer else None
-            await self.actions.edit_original(inv, text or "(no answer)", embeds)
-        elif answer is not None and answer.files:
+        answer, failure = await self._ask_owner(owner, request, 2.0)
+        if answer is not None and answer.files:
             reply = message_data(answer.content, answer.embeds, answer.ephemeral)
             await self._respond_with_files(inv, reply, answer.files)
         elif answer is not None:
@@ -437,6 +444,24 @@ class GatewayService:
             reply = message_data(failure or TOO_SLOW, ephemeral=True)
             await self._respond(inv, RESPOND_WITH_MESSAGE, reply)
 
+    async def _answer_deferred(self, inv: Invocation, owner: str, request: CommandInvoked) -> None:
+        """ "Thinking..." at once; then the owner has minutes, so a restarting owner is waited
+        for (the request rides out its restart) rather than refused. Until the owner has
+        taken the command on, the Discord position stays before it: if this process dies
+        meanwhile, RESUME gives the interaction to its successor (whose deferral Discord
+        refuses as already done: it goes on to the owner all the same)."""
+        self._remember(inv)
+        try:
+            await self._respond(inv, RESPOND_DEFERRED, None, settle=False)
+            answer, failure = await self._ask_owner(owner, request, DEFERRED_TIMEOUT_S)
+            if answer is not None and answer.later:
+                return  # taken on: the owner edits the response itself
+            text = failure or (answer.content if answer else "")
+            embeds = answer.embeds if answer else None
+            await self.actions.edit_original(inv, text or "(no answer)", embeds)
+        finally:
+            self._settled(inv)
+
     async def _ask_owner(
         self, owner: str, request: CommandInvoked, timeout: float
     ) -> tuple[CommandAnswer | None, str | None]:
@@ -445,7 +470,8 @@ class GatewayService:
         except (BreakerOpen, PeerGone):
             return None, RESTARTING
         except RequestTimeout:
-            return None, TOO_SLOW
+            assert self.service.bus is not None
+            return None, TOO_SLOW if self.service.bus.channel(owner).connected else RESTARTING
         except RemoteError as exc:
             logger.warning("/{} failed in {}: {}", request.command, owner, exc)
             return None, FAILED
@@ -454,7 +480,8 @@ class GatewayService:
         """/help: the commands this caller may run, among those of enabled services."""
         assert self.service.ctx is not None
         enabled = set(self.service.ctx.topology.commands.values())
-        return CommandAnswer(help_text(Tier(msg.tier), enabled), ephemeral=True)
+        text = help_text(Tier(msg.tier), enabled, in_guild=msg.guild_id is not None)
+        return CommandAnswer(text, ephemeral=True)
 
     def _remember(self, inv: Invocation) -> None:
         cutoff = self.service.clock.monotonic() - INTERACTION_TTL_S
@@ -470,10 +497,13 @@ class GatewayService:
         except Refused as exc:
             logger.warning("could not answer /{} ({}) with its files: {}", inv.command, inv.id, exc)
         finally:
-            if self.gw.unanswered.pop(inv.id, None) is not None:
-                self.gw.seq_committed.set()
+            self._settled(inv)
 
-    async def _respond(self, inv: Invocation, kind: int, data: dict[str, Any] | None) -> None:
+    async def _respond(
+        self, inv: Invocation, kind: int, data: dict[str, Any] | None, settle: bool = True
+    ) -> None:
+        """The interaction's first response; with `settle`, it is then settled (the saved
+        Discord position may pass it)."""
         try:
             with anyio.fail_after(self.gw.request_timeout_s):
                 await self.gw.http().create_interaction_response(
@@ -482,5 +512,9 @@ class GatewayService:
         except (discord.HTTPException, TimeoutError) as exc:
             logger.warning("could not answer /{} ({}): {}", inv.command, inv.id, exc)
         finally:
-            if self.gw.unanswered.pop(inv.id, None) is not None:
-                self.gw.seq_committed.set()  # the saved position may move on now
+            if settle:
+                self._settled(inv)
+
+    def _settled(self, inv: Invocation) -> None:
+        if self.gw.unanswered.pop(inv.id, None) is not None:
+            self.gw.seq_committed.set()  # the saved position may move on now

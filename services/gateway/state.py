@@ -3,7 +3,7 @@ actions and its tests."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +11,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from protocol.clock import Clock
+from protocol.discord import Sent
 from protocol.messages import Message
 from services.gateway.connection import GatewayClient
 from services.gateway.guild_state import GuildState
 from services.gateway.interactions import Invocation
 from services.gateway.session import SavedSession, SessionFile
+
+# Follow-ups remembered by nonce: far more than can be answered in an interaction's
+# 15 minutes at Discord's rate limits.
+FOLLOWUPS_KEPT = 5000
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,19 @@ class Gateway:
         self.counts_dirty: set[str] = set()
         self.renames: dict[str, deque[float]] = {}
         self.interactions: dict[str, Invocation] = {}
+        # Follow-ups posted, by the nonce their sender gave: asked again, answered again.
+        self.followups: OrderedDict[str, Sent] = OrderedDict()
         self.unanswered: dict[str, int] = {}  # interaction id -> its sequence number
         self.tg: TaskGroup | None = None
         self.request_timeout_s = 15.0
         self.clock = clock  # the service's: the sandbox moves it
         self.logged_in = False
+        self.login_done = anyio.Event()  # set with logged_in: requests wait for it
+
+    def remember_followup(self, nonce: str, sent: Sent) -> None:
+        self.followups[nonce] = sent
+        while len(self.followups) > FOLLOWUPS_KEPT:
+            self.followups.popitem(last=False)
 
     def http(self) -> Any:
         assert self.client is not None

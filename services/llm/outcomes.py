@@ -23,6 +23,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
     BAD_RESPONSE = "bad_response"
     ERROR = "error"
+    TOO_LATE = "too_late"  # open when the llm restarted, and too old to answer now
 
     @property
     def ok(self) -> bool:
@@ -49,4 +50,6 @@ _MESSAGES: dict[Outcome, str] = {
     Outcome.TIMEOUT: "The model took too long to answer. Please try again.",
     Outcome.BAD_RESPONSE: "The model sent back a broken answer. Please try again.",
     Outcome.ERROR: "Something went wrong while answering. Please try again.",
+    Outcome.TOO_LATE: "Sorry, I was restarted while answering this, and it is too old for "
+    "me to pick up again now. Please ask again.",
 }

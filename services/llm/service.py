@@ -14,8 +14,13 @@ Does: gate (prompt length, breaker, rate limits) -> context (persistence) -> mod
 Sends: `discord.send`/`discord.edit`/`discord.typing` and `discord.interaction.*` to the
 gateway, `store.*` queries to persistence, and publishes the durable `llm.exchange`.
 
-Questions from events are answered in a task of their own, so the gateway's event lane
-is acknowledged at once and never waits for the model.
+Questions are answered at least once and shown exactly once (pending.py): each is on
+disk before the event or request that brought it is acknowledged, and closed only when
+its answer is complete. A restarted llm resumes the open ones; every part of an answer
+is posted with a nonce derived from the question and the part, and recorded, so a
+resumed answer edits what is already there and never posts it twice. Questions from
+events are answered in a task of their own, so the gateway's event lane is acknowledged
+as soon as the question is stored and never waits for the model.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import traceback
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +44,7 @@ from protocol.discord import (
     CommandAnswer,
     CommandInvoked,
     ConnectionState,
+    DeleteMessage,
     EditInteraction,
     EditMessage,
     GuildReady,
@@ -50,7 +55,7 @@ from protocol.discord import (
     SendMessage,
     Typing,
 )
-from protocol.messages import R, Request
+from protocol.messages import R, Request, decode
 from protocol.runtime import Service
 from protocol.store import (
     STORE,
@@ -74,6 +79,14 @@ from services.llm.conversation import (
 from services.llm.history import History
 from services.llm.messages import LlmStats, StatsRequest
 from services.llm.outcomes import Outcome
+from services.llm.pending import (
+    ASK,
+    KEEP_ANSWERED_S,
+    MESSAGE,
+    PendingQuestions,
+    Question,
+    part_nonce,
+)
 from services.llm.ratelimit import RateLimiter
 from services.llm.settings import Settings, base_url
 from services.llm.stream import Pacer, ReplyStreamer, Sink, split_message
@@ -85,6 +98,13 @@ RESET_NAMESPACE = "llm.reset"
 LATE_NOTE = "-# Late answer: I was disconnected from Discord when you asked."
 # /reset and /usage are not deferred: the gateway waits 2 s for their answer.
 COMMAND_STORE_TIMEOUT_S = 1.5
+# A question resumed this many times without being answered is not tried again: it may
+# be what kills the process.
+MAX_ATTEMPTS = 3
+# An /ask's webhook token lives 15 minutes; a resumed answer must be done well within.
+INTERACTION_TOKEN_S = 900.0
+ASK_RESUME_MARGIN_S = 150.0
+QUESTIONS_FILE = "llm-questions.sqlite3"  # in the data dir
 
 
 def build(clock: Clock | None = None) -> tuple[Service, Llm]:
@@ -112,23 +132,6 @@ def build(clock: Clock | None = None) -> tuple[Service, Llm]:
 def reset_key(channel_id: str, user_id: str | None = None) -> str:
     """The /reset mark of a channel (for everyone), or of one user's conversation there."""
     return channel_id if user_id is None else f"{channel_id}:{user_id}"
-
-
-class RecentIds:
-    """The last `size` message ids seen: a bounded set, oldest forgotten first."""
-
-    def __init__(self, size: int) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def add(self, key: str) -> bool:
-        """False if `key` was already there."""
-        if key in self._ids:
-            return False
-        self._ids[key] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-        return True
 
 
 def should_answer(
@@ -176,7 +179,9 @@ class Llm:
         self.stats = Stats()
         self.limiter = RateLimiter(s.user_rate, s.guild_rate, self.clock.monotonic)
         self.pacer = Pacer(s.edit_interval_s, self.clock.monotonic)
-        self._answered = RecentIds(10_000)
+        self.questions: PendingQuestions | None = None  # opened by start()
+        self.started = anyio.Event()  # handlers wait for it: the questions must be open
+        self._resumed: list[Question] = []
         self.history = History()
         self.bot_id: str | None = None
         self.guild_names: dict[str, str] = {}
@@ -209,9 +214,17 @@ class Llm:
         url = base_url(s)
         self.client = LlmClient(s, os.environ.get("OPENAI_API_KEY"), url, self.clock.monotonic)
         logger.info("llm: model {} at {}", s.model, url)
+        assert self.service.ctx is not None
+        self.questions = PendingQuestions(self.service.ctx.data_dir / QUESTIONS_FILE)
+        await self.questions.forget_answered(self.clock.wall() - KEEP_ANSWERED_S)
+        self._resumed = await self.questions.resume()
+        if self._resumed:
+            logger.info("llm: resuming {} question(s) left open", len(self._resumed))
+        self.started.set()
 
     async def stop(self) -> None:
-        """Stop answering first (so no half-answer meets a closed client), then close it."""
+        """Stop answering first (so no half-answer meets a closed client), then close it.
+        Questions cut short stay open on disk: the next process resumes them."""
         if self._work_scope is not None:
             self._work_scope.cancel()
         self._jobs_in.close()
@@ -219,13 +232,24 @@ class Llm:
             await self.client.close()
 
     async def work(self) -> None:
-        """Runs the answers to messages, at most `max_concurrent` at a time."""
+        """Runs the answers to messages, at most `max_concurrent` at a time; first those a
+        previous process left open."""
+        await self.started.wait()
         with anyio.CancelScope() as scope:
             self._work_scope = scope
             async with anyio.create_task_group() as tg, self._jobs_out:
+                tg.start_soon(self._queue_resumed)
                 async for job in self._jobs_out:
                     await self.slots.acquire()
                     tg.start_soon(self._run_job, job)
+
+    async def _queue_resumed(self) -> None:
+        resumed, self._resumed = self._resumed, []
+        for q in resumed:
+            try:
+                await self._jobs_in.send(lambda q=q: self.resume(q))
+            except anyio.ClosedResourceError:
+                return  # stopping: they stay open for the next process
 
     async def _run_job(self, job: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -260,6 +284,10 @@ class Llm:
     # --- messages -------------------------------------------------------------------
 
     async def on_message(self, msg: MessageCreated) -> None:
+        """A durable event: it is acknowledged when this returns, so a question is on
+        disk by then (and a full queue holds the event back rather than dropping it)."""
+        await self.started.wait()
+        assert self.questions is not None
         self.history.seen(msg)
         if msg.channel_name:
             self.channel_names[msg.channel_id] = msg.channel_name
@@ -270,16 +298,15 @@ class Llm:
             if age > self.settings.late_answer_max_age_s:
                 logger.info("llm: {} found after a gap, {:.0f} s old: not answered", msg.id, age)
                 return
-        if not self._answered.add(msg.id):
+        question = Question(msg.id, MESSAGE, msg.to_body(), msg.created_at)
+        if not await self.questions.accept(question):
             # A redelivery (the gateway RESUMEd and Discord replayed it): answered once only.
-            logger.info("llm: {} already answered", msg.id)
+            logger.info("llm: {} already taken on", msg.id)
             return
         try:
-            self._jobs_in.send_nowait(lambda: self.answer_message(msg))
-        except anyio.WouldBlock:
-            logger.warning("llm: too many questions waiting; {} dropped", msg.id)
+            await self._jobs_in.send(lambda: self.answer_message(msg))
         except anyio.ClosedResourceError:
-            pass  # stopping
+            pass  # stopping: the next process resumes it
 
     async def on_edited(self, msg: MessageEdited) -> None:
         self.history.edited(msg.id, msg.content)
@@ -287,28 +314,88 @@ class Llm:
     async def on_deleted(self, msg: MessageDeleted) -> None:
         self.history.deleted(msg.id)
 
-    async def answer_message(self, msg: MessageCreated) -> None:
+    async def answer_message(
+        self, msg: MessageCreated, parts: list[str] | None = None, resumed: bool = False
+    ) -> None:
+        """Answer a message, then close its question. `parts`: the messages an earlier
+        attempt posted (edited, not posted again); a resumed question was let through
+        the rate limits once already."""
         started = self.clock.monotonic()
         s = self.settings
         text = strip_mention(msg.content, self.bot_id) or msg.content.strip()
-        sink = ChannelSink(self, msg.channel_id, msg.id, LATE_NOTE if msg.backfilled else None)
+        note = LATE_NOTE if msg.backfilled else None
+        sink = ChannelSink(self, msg.channel_id, msg.id, note, question=msg.id, parts=parts)
         if msg.backfilled:
             logger.info("llm: answering {} late (found after a gap)", msg.id)
-        gate = self._gate(msg.author_id, msg.guild_id, text)
+        gate = self._gate(msg.author_id, msg.guild_id, text, rate_limit=not resumed)
         if gate is not None:
             if gate.say:
                 await self.pacer.turn(msg.channel_id)
-                await sink.send(0, gate.outcome.message(gate.retry_in_s, s.max_prompt_chars))
+                await sink.say_instead(gate.outcome.message(gate.retry_in_s, s.max_prompt_chars))
             await self._record(msg.id, msg.guild_id, msg.channel_id, msg.author_id, gate.outcome)
+            await self._close(msg.id)
             return
         place = self._place(msg.author_name, msg.channel_id, msg.guild_id)
         convo = await self._conversation(msg, text, place)
-        outcome, completion, _ = await self._answer(convo, sink, msg.channel_id)
+        outcome, completion, shown = await self._answer(
+            convo, sink, msg.channel_id, existing=len(sink.ids)
+        )
+        await sink.trim(len(shown))
         await self._record(
             msg.id, msg.guild_id, msg.channel_id, msg.author_id, outcome, completion, started
         )
+        await self._close(msg.id)
 
-    def _gate(self, user_id: str, guild_id: str | None, text: str) -> Gate | None:
+    async def _close(self, question_id: str) -> None:
+        assert self.questions is not None
+        await self.questions.answered(question_id, self.clock.wall())
+
+    # --- questions a previous process left open ---------------------------------------
+
+    async def resume(self, q: Question) -> None:
+        """Answer a question a previous process took on: as if new while it is young
+        enough (its parts already posted are edited in place), else one short apology."""
+        age = self.clock.wall() - q.received_at
+        max_age = self.settings.pending_max_age_s
+        if q.kind == ASK:
+            max_age = min(max_age, INTERACTION_TOKEN_S - ASK_RESUME_MARGIN_S)
+        fresh = age <= max_age and q.attempts <= MAX_ATTEMPTS
+        logger.info(
+            "llm: resuming {} {} ({:.0f} s old, attempt {}){}",
+            q.kind,
+            q.id,
+            age,
+            q.attempts,
+            "" if fresh else ": too late, apologising",
+        )
+        if q.kind == MESSAGE:
+            msg = decode(MessageCreated.TYPE, q.body)
+            assert isinstance(msg, MessageCreated)
+            if fresh:
+                await self.answer_message(msg, q.parts, resumed=True)
+                return
+            sink = ChannelSink(self, msg.channel_id, msg.id, question=msg.id, parts=q.parts)
+            await sink.say_instead(Outcome.TOO_LATE.message())
+            await self._record(
+                msg.id, msg.guild_id, msg.channel_id, msg.author_id, Outcome.TOO_LATE
+            )
+            await self._close(msg.id)
+            return
+        cmd = decode(CommandInvoked.TYPE, q.body)
+        assert isinstance(cmd, CommandInvoked)
+        if fresh:
+            await self._answer_ask(cmd, q.parts, resumed=True)
+            return
+        if age < INTERACTION_TOKEN_S and cmd.deferred:  # else nothing can be said any more
+            await InteractionSink(self, cmd).edit(0, Outcome.TOO_LATE.message())
+        await self._record(
+            cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, Outcome.TOO_LATE
+        )
+        await self._close(cmd.interaction_id)
+
+    def _gate(
+        self, user_id: str, guild_id: str | None, text: str, rate_limit: bool = True
+    ) -> Gate | None:
         """Refusals that cost no API call: too long, model known down, too many questions."""
         s = self.settings
         if len(text) > s.max_prompt_chars:
@@ -317,6 +404,8 @@ class Llm:
         down_for = self.client.unavailable_for()
         if down_for is not None:
             return Gate(Outcome.MODEL_UNAVAILABLE, down_for)
+        if not rate_limit:
+            return None
         wait = self.limiter.check(user_id, guild_id)
         if wait > 0:
             now = self.clock.monotonic()
@@ -386,17 +475,25 @@ class Llm:
     # --- asking the model and streaming the answer ------------------------------------
 
     async def _answer(
-        self, convo: Conversation, sink: Sink, key: str, cache_key: str | None = None
+        self,
+        convo: Conversation,
+        sink: Sink,
+        key: str,
+        cache_key: str | None = None,
+        existing: int = 0,
     ) -> tuple[Outcome, Completion | None, list[str]]:
         """Stream the answer into `sink` (typing until the first words); returns the
-        outcome, the completion if any, and the parts finally shown."""
-        streamer = ReplyStreamer(sink, self.pacer, key, self.settings.split_at)
+        outcome, the completion if any, and the parts finally shown. `existing` parts
+        were posted by an earlier attempt: they are edited, not posted again."""
+        streamer = ReplyStreamer(sink, self.pacer, key, self.settings.split_at, existing)
         async with anyio.create_task_group() as typing:
             typing.start_soon(self._keep_typing, sink, streamer.first_write)
             async with anyio.create_task_group() as writer:
                 writer.start_soon(streamer.run)
                 outcome, completion = await self._ask_model(convo, streamer, cache_key)
             typing.cancel_scope.cancel()
+        if streamer.failures >= streamer.MAX_WRITE_FAILURES:
+            logger.warning("llm: the answer in {} could not be shown in full", key)
         return outcome, completion, streamer.parts
 
     async def _ask_model(
@@ -496,8 +593,13 @@ class Llm:
     # --- slash commands -------------------------------------------------------------
 
     async def ask(self, cmd: CommandInvoked) -> CommandAnswer:
-        """/ask prompt: a standalone question (no history), cached for identical ones."""
-        started = self.clock.monotonic()
+        """/ask prompt: a standalone question (no history), cached for identical ones.
+
+        Deferred (as the gateway always does it): taken on at once, on disk, and answered
+        `later` into the original response, like a mention; a repeat of the request (the
+        gateway asks again if this process died before replying) is taken on only once."""
+        await self.started.wait()
+        assert self.questions is not None
         s = self.settings
         prompt = str(cmd.options.get("prompt", "")).strip()
         gate = self._gate(cmd.user_id, cmd.guild_id, prompt)
@@ -507,18 +609,44 @@ class Llm:
             )
             text = gate.outcome.message(gate.retry_in_s, s.max_prompt_chars)
             return CommandAnswer(text, ephemeral=True)
+        if not cmd.deferred:  # nothing can be shown before the answer: it is the reply
+            async with self.slots:
+                return await self._answer_ask(cmd)
+        question = Question(cmd.interaction_id, ASK, cmd.to_body(), self.clock.wall())
+        if await self.questions.accept(question):
+            await self._jobs_in.send(lambda: self._answer_later(cmd))
+        return CommandAnswer(later=True)
+
+    async def _answer_later(self, cmd: CommandInvoked) -> None:
+        await self._answer_ask(cmd)
+
+    async def _answer_ask(
+        self, cmd: CommandInvoked, parts: list[str] | None = None, resumed: bool = False
+    ) -> CommandAnswer:
+        started = self.clock.monotonic()
+        s = self.settings
+        prompt = str(cmd.options.get("prompt", "")).strip()
+        if resumed and (gate := self._gate(cmd.user_id, cmd.guild_id, prompt, False)):
+            text = gate.outcome.message(gate.retry_in_s, s.max_prompt_chars)
+            await InteractionSink(self, cmd).edit(0, text)
+            await self._record(
+                cmd.interaction_id, cmd.guild_id, cmd.channel_id, cmd.user_id, gate.outcome
+            )
+            await self._close(cmd.interaction_id)
+            return CommandAnswer(text, ephemeral=True)
         place = self._place(cmd.user_name, cmd.channel_id, cmd.guild_id)
         convo = Conversation(
             system_prompt(s, place, self._today()),
             (Turn("user", prompt, cmd.user_name, cmd.interaction_id),),
         )
         cache_key = AnswerCache.key(s.model, convo.to_messages())
-        sink: Sink = InteractionSink(self, cmd.interaction_id) if cmd.deferred else NullSink()
+        sink: Sink = InteractionSink(self, cmd, parts) if cmd.deferred else NullSink()
         # Interaction edits go to the interaction's webhook (its own Discord rate limit),
         # not the channel's: paced per interaction, they don't queue behind channel answers.
         key = f"interaction:{cmd.interaction_id}"
-        async with self.slots:
-            outcome, completion, parts = await self._answer(convo, sink, key, cache_key)
+        outcome, completion, shown = await self._answer(
+            convo, sink, key, cache_key, existing=len(parts or [])
+        )
         await self._record(
             cmd.interaction_id,
             cmd.guild_id,
@@ -528,10 +656,11 @@ class Llm:
             completion,
             started,
         )
-        first = parts[0] if parts else ""
-        if not cmd.deferred and len(parts) > 1:
+        first = shown[0] if shown else ""
+        if not cmd.deferred and len(shown) > 1:
             first += "\n…"  # not deferred: no follow-ups can come before this answer
         content = first if s.allow_mentions else defuse_mentions(first)
+        await self._close(cmd.interaction_id)
         return CommandAnswer(content, ephemeral=not outcome.ok)
 
     async def reset(self, cmd: CommandInvoked) -> CommandAnswer:
@@ -615,16 +744,26 @@ def format_usage(usage: Usage, window_s: float) -> str:
 
 
 class ChannelSink:
-    """An answer in a channel: a reply, edited in place, continued in new messages."""
+    """An answer in a channel: a reply, edited in place, continued in new messages.
+
+    With a `question`, each part is posted with that part's nonce and recorded as posted:
+    a resumed answer starts from the `parts` an earlier attempt posted."""
 
     def __init__(
-        self, llm: Llm, channel_id: str, reply_to_id: str | None, note: str | None = None
+        self,
+        llm: Llm,
+        channel_id: str,
+        reply_to_id: str | None,
+        note: str | None = None,
+        question: str | None = None,
+        parts: list[str] | None = None,
     ) -> None:
         self.llm = llm
         self.channel_id = channel_id
         self.reply_to_id = reply_to_id
         self.note = note  # a line above the first part (a late answer says so)
-        self.ids: list[str] = []  # the message of each part
+        self.question = question
+        self.ids: list[str] = list(parts or [])  # the message of each part
 
     def _noted(self, index: int, content: str) -> str:
         return f"{self.note}\n{content}" if self.note and index == 0 else content
@@ -638,11 +777,18 @@ class ChannelSink:
             self._noted(index, content),
             reply_to_id=self.reply_to_id if index == 0 else None,
             allowed_mentions=self._mentions(),
+            nonce=part_nonce(self.question, index) if self.question else None,
         )
         sent = await self.llm.gateway(msg)
         if sent is None:
             return False
         self.ids.append(sent.message_id)
+        if self.question is not None and self.llm.questions is not None:
+            await self.llm.questions.part_sent(self.question, index, sent.message_id)
+        if sent.content is not None and sent.content != self._noted(index, content):
+            # Posted by an attempt that died before recording it: Discord gave back that
+            # message, showing what that attempt wrote. Show this one's text.
+            return await self.edit(index, content)
         return True
 
     async def edit(self, index: int, content: str) -> bool:
@@ -658,13 +804,29 @@ class ChannelSink:
     async def typing(self) -> None:
         await self.llm.gateway(Typing(self.channel_id))
 
+    async def trim(self, count: int) -> None:
+        """Delete the parts past `count`: an earlier attempt's longer answer."""
+        for message_id in self.ids[count:]:
+            await self.llm.gateway(DeleteMessage(self.channel_id, message_id))
+        del self.ids[count:]
+
+    async def say_instead(self, content: str) -> None:
+        """Replace whatever an earlier attempt showed with `content` (one message)."""
+        if self.ids:
+            await self.edit(0, content)
+        else:
+            await self.send(0, content)
+        await self.trim(1)
+
 
 class InteractionSink:
-    """A deferred /ask: the original response is edited; further parts are follow-ups."""
+    """A deferred /ask: the original response is edited; further parts are follow-ups
+    (each with its part's nonce: the gateway posts a repeated one once)."""
 
-    def __init__(self, llm: Llm, interaction_id: str) -> None:
+    def __init__(self, llm: Llm, cmd: CommandInvoked, parts: list[str] | None = None) -> None:
         self.llm = llm
-        self.interaction_id = interaction_id
+        self.cmd = cmd
+        self.ids: list[str] = list(parts or [])  # "@original", then each follow-up's id
 
     def _safe(self, content: str) -> str:
         return content if self.llm.settings.allow_mentions else defuse_mentions(content)
@@ -672,12 +834,38 @@ class InteractionSink:
     async def send(self, index: int, content: str) -> bool:
         if index == 0:
             return await self.edit(0, content)
-        msg = InteractionFollowup(self.interaction_id, self._safe(content))
-        return await self.llm.gateway(msg) is not None
+        cmd = self.cmd
+        msg = InteractionFollowup(
+            cmd.interaction_id,
+            self._safe(content),
+            interaction_token=cmd.interaction_token,
+            application_id=cmd.application_id,
+            nonce=part_nonce(cmd.interaction_id, index),
+        )
+        sent = await self.llm.gateway(msg)
+        if sent is None:
+            return False
+        await self._posted(index, sent.message_id)
+        return True
 
     async def edit(self, index: int, content: str) -> bool:
-        msg = EditInteraction(self.interaction_id, self._safe(content))
-        return await self.llm.gateway(msg) is not None
+        cmd = self.cmd
+        msg = EditInteraction(
+            cmd.interaction_id,
+            self._safe(content),
+            interaction_token=cmd.interaction_token,
+            application_id=cmd.application_id,
+        )
+        if await self.llm.gateway(msg) is None:
+            return False
+        if not self.ids:
+            await self._posted(0, "@original")
+        return True
+
+    async def _posted(self, index: int, message_id: str) -> None:
+        self.ids.append(message_id)
+        if self.llm.questions is not None:
+            await self.llm.questions.part_sent(self.cmd.interaction_id, index, message_id)
 
     def editable(self, index: int) -> bool:
         return index == 0

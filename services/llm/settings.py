@@ -128,6 +128,9 @@ class Settings(ServiceSettings):
     # A question the gateway found in Discord's history after a gap is answered (late,
     # and saying so) only if it is younger than this; older ones are left unanswered.
     late_answer_max_age_s: float = setting(600.0, min=0)
+    # A question still open when the llm restarts is answered if younger than this;
+    # an older one gets one short apology instead (an /ask only within its 15 minutes).
+    pending_max_age_s: float = setting(600.0, min=0)
 
 
 def base_url(settings: Settings) -> str:

@@ -120,13 +120,18 @@ class ReplyStreamer:
 
     MAX_WRITE_FAILURES = 5
 
-    def __init__(self, sink: Sink, pacer: Pacer, key: str, limit: int = 1900) -> None:
+    def __init__(
+        self, sink: Sink, pacer: Pacer, key: str, limit: int = 1900, existing: int = 0
+    ) -> None:
         self.sink = sink
         self.pacer = pacer
         self.key = key
         self.limit = limit
         self.text = ""
-        self.shown: list[str] = []  # what each sent part currently shows
+        # What each sent part currently shows. `existing` parts were posted by an earlier
+        # attempt at this answer (the llm restarted): what they show is unknown, so they
+        # are edited (where they can be), never posted again.
+        self.shown: list[str | None] = [None] * existing
         self.writes = 0
         self.first_write = anyio.Event()
         self._finished = False
@@ -144,6 +149,11 @@ class ReplyStreamer:
             self.text = text
         self._finished = True
         self._changed.set()
+
+    @property
+    def failures(self) -> int:
+        """Writes that failed (the streamer gives up at MAX_WRITE_FAILURES)."""
+        return self._failures
 
     @property
     def parts(self) -> list[str]:

@@ -6,9 +6,9 @@ polls (`discord.poll.*`), scheduled events and who is interested in them
 (`discord.scheduled_event*`), all durable.
 Does: keeps everything it schedules in its own SQLite file (store.py) and, on the
 service clock, delivers each reminder, poll result and event reminder exactly once:
-claimed, sent, marked (protocol/once.py), an interrupted send looked for among the
-messages persistence stored before it is sent again. What fell due while the bot was
-down goes out when it is back, marked late.
+claimed, sent with a nonce derived from it, marked (protocol/once.py), an interrupted
+send looked for among the messages persistence stored before it is sent again. What
+fell due while the bot was down goes out when it is back, marked late.
 Sends: messages, DMs, polls and scheduled events to the gateway; looks for its own
 posts in persistence.
 """
@@ -44,6 +44,7 @@ from protocol.discord import (
     ScheduledEventUsers,
     SendMessage,
     SendPoll,
+    nonce_for,
     pinging_only,
 )
 from protocol.once import DEFINITE, OncePoster, Outcome
@@ -632,7 +633,10 @@ class Scheduler:
         store = self.store
 
         async def send(header: str, embeds: list[dict[str, Any]]) -> str | None:
-            msg = SendMessage(channel_id, header, embeds, reply_to, allowed_mentions=mentions)
+            # The nonce makes Discord answer a repeat of this post (within its few minutes)
+            # with the message already made: a second line of defence behind the claim.
+            nonce = nonce_for("scheduler", key)
+            msg = SendMessage(channel_id, header, embeds, reply_to, mentions, nonce=nonce)
             return (await self.service.call(GATEWAY, msg, timeout=15)).message_id
 
         async def find(header: str, since: float) -> bool:

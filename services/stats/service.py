@@ -34,6 +34,7 @@ from protocol.discord import (
     GuildReady,
     RenameChannel,
     SendMessage,
+    nonce_for,
 )
 from protocol.once import AMBIGUOUS, OncePoster, Outcome
 from protocol.runtime import Service
@@ -318,7 +319,14 @@ class Stats:
 
     async def _send_report(self, header: str, embeds: list[dict[str, Any]]) -> str | None:
         assert self.report_channel_id is not None
-        msg = SendMessage(self.report_channel_id, header, embeds, allowed_mentions=NO_PINGS)
+        # Sent again after a crash (either side's) within minutes: posted once all the same.
+        msg = SendMessage(
+            self.report_channel_id,
+            header,
+            embeds,
+            allowed_mentions=NO_PINGS,
+            nonce=nonce_for("stats", self.report_channel_id, header),
+        )
         sent = await self.service.call(GATEWAY, msg, timeout=15)
         return sent.message_id
 

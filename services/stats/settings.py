@@ -42,4 +42,11 @@ class Settings(ServiceSettings):
     timezone: str = setting("UTC", check=time_zone)
     weekly_day: str = setting("monday", check=weekday_or_empty)  # "": no weekly report
     refresh_s: float = setting(300.0, min=10)  # ask for the counts this often anyway
-    counters: dict[str, Counter] = setting(factory=dict)
+    counters: dict[str, Counter] = setting(factory=dict, check=lambda c: _counter_kinds(c))
+
+
+def _counter_kinds(counters: dict[str, Counter]) -> tuple[str, str] | None:
+    unknown = sorted(set(counters) - set(COUNT_FIELDS))
+    if unknown:
+        return f"unknown counter {unknown[0]!r}", "use " + ", ".join(COUNT_FIELDS)
+    return None

@@ -138,6 +138,24 @@ def test_send_passes_on_the_mentions_a_service_allows_and_its_embeds(box: Sandbo
 
 
 @pytest.mark.action("send")
+def test_a_send_repeated_with_its_nonce_posts_once(box: Sandbox) -> None:
+    """A service sending again after a crash (its own or the gateway's) under the same
+    nonce gets the message already posted: Discord's enforce_nonce."""
+    mark = box.mark()
+    msg = SendMessage(box.channels["general"], "only once", nonce="answer-42-0")
+    first, again = box.bus("gateway", msg), box.bus("gateway", msg)
+    assert again["message_id"] == first["message_id"]
+    assert again["content"] == "only once", "what the message shows"
+    posts = box.requests(mark, "POST", MESSAGES)
+    assert [r["body"]["nonce"] for r in posts] == ["answer-42-0"] * 2
+    assert all(r["body"]["enforce_nonce"] is True for r in posts)
+    shown = [m for m in box.messages("general") if m["content"] == "only once"]
+    assert [m["id"] for m in shown] == [first["message_id"]]
+    too_long = box.refusal("gateway", SendMessage(box.channels["general"], "x", nonce="n" * 26))
+    assert too_long.reason == "bad_request" and "25" in too_long.detail
+
+
+@pytest.mark.action("send")
 def test_send_refusals_reach_the_service_as_reasons(box: Sandbox) -> None:
     mark = box.mark()
     too_long = box.refusal("gateway", SendMessage(box.channels["general"], "x" * 2001))
@@ -438,19 +456,19 @@ def test_a_second_delivery_of_a_command_is_refused_by_discord_and_the_gateway_ca
 
 
 def answered(box: Sandbox, iid: str, timeout: float = 60) -> list[dict[str, Any]]:
-    """The responses once the /ask is over: the llm recorded its outcome and the gateway
-    made its last edit of the original (it comes after every follow-up)."""
+    """The responses once the /ask is over: the llm records its outcome once its last
+    write (the last edit of the original, and every follow-up) is done."""
     wait_for(
         lambda: box.db("SELECT outcome FROM llm_exchanges WHERE id = ?", iid),
         timeout,
         f"the llm's outcome of {iid}",
     )
+    return box.get(f"interactions/{iid}")["responses"]
 
-    def last_is_edit() -> list[dict[str, Any]] | None:
-        got = box.get(f"interactions/{iid}")["responses"]
-        return got if got and got[-1]["kind"] == "edit" else None
 
-    return wait_for(last_is_edit, 15, f"the gateway's last edit of {iid}")
+def last_edit(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """The original response as last edited."""
+    return [r for r in got if r["kind"] == "edit"][-1]
 
 
 @pytest.mark.action("defer")
@@ -472,9 +490,9 @@ def test_a_slow_command_is_deferred_then_its_original_response_edited(box: Sandb
     )
     assert all(r["status"] == 200 and r["form"] is True for r in edits), "payload_json"
     assert all(r["body"]["allowed_mentions"] == NO_PINGS for r in edits)
-    final = got[-1]["content"]
+    final = last_edit(got)["content"]
     assert final == "the answer <@123> @\u200beveryone", "the llm defuses mass pings too"
-    assert message(box, got[-1]["message_id"])["content"] == final  # type: ignore[index]
+    assert message(box, last_edit(got)["message_id"])["content"] == final  # type: ignore[index]
 
 
 @pytest.mark.action("edit_original")
@@ -506,7 +524,7 @@ def test_ask_for_5000_characters_arrives_whole_in_the_response_and_its_followups
     got = answered(box, iid)
     followups = [r for r in got if r["kind"] == "followup"]
     assert len(followups) >= 2
-    original = got[-1]["content"]  # the original response as last edited
+    original = last_edit(got)["content"]
     parts = [original] + [r["content"] for r in followups]
     assert sum(len(p) for p in parts) >= 4500
     assert all(0 < len(p) < 2000 for p in parts)
@@ -554,6 +572,29 @@ def test_a_service_sends_followups_plain_and_ephemeral(box: Sandbox) -> None:
     assert got[1]["message_id"] == sent["message_id"]
     assert got[2]["message_id"] == secret["message_id"]
     assert message(box, secret["message_id"]) is None, "not shown in the channel"
+
+
+@pytest.mark.action("followup")
+@pytest.mark.action("edit_original")
+def test_followups_with_a_nonce_are_posted_once_and_a_webhook_can_come_with_the_request(
+    box: Sandbox,
+) -> None:
+    """An owner that restarted sends its follow-up again: posted once. And it may bring
+    the interaction's webhook, for a gateway that never saw the interaction."""
+    iid = command(box, "reset")
+    responses(box, iid)
+    mark = box.mark()
+    followup = InteractionFollowup(iid, "part two", nonce="ask-7-1")
+    first, again = box.bus("gateway", followup), box.bus("gateway", followup)
+    assert again["message_id"] == first["message_id"]
+    assert len(box.requests(mark, "POST", FOLLOWUP)) == 1
+    unknown_here = "123456789012345678"  # not an interaction this gateway process saw
+    token = f"sandbox-interaction-{iid}"
+    edit = EditInteraction(
+        unknown_here, "edited", interaction_token=token, application_id=box.state["bot_user_id"]
+    )
+    box.bus("gateway", edit)
+    assert box.get(f"interactions/{iid}")["responses"][-1]["content"] == "edited"
 
 
 @pytest.mark.action("followup")

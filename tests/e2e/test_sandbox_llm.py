@@ -10,10 +10,8 @@ wait polls the emulator, the stand-in or the database with a timeout.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ from protocol.discord import NO_PINGS
 from sandbox.openai_standin import long_answer
 from services.llm.messages import StatsRequest
 from tests.support.harness import Running, wait_for
-from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox
+from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, Standin
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,31 +44,6 @@ guild_rate = { tokens = 1000, per_s = 60 }
 SEND = ("POST", "/channels/{channel_id}/messages")
 EDIT = ("PATCH", "/channels/{channel_id}/messages/{message_id}")
 _users = itertools.count(1)
-
-
-class Standin:
-    """The OpenAI stand-in's control API (it runs inside the sandbox's supervisor)."""
-
-    def __init__(self, llm_url: str) -> None:
-        self.base = llm_url.removesuffix("/v1") + "/_control/"
-
-    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def reset(self) -> None:
-        self._call("POST", "reset", {})
-
-    def settings(self, **changes: Any) -> None:
-        self._call("POST", "settings", changes)
-
-    def faults(self, *faults: dict[str, Any]) -> None:
-        self._call("POST", "faults", list(faults))
-
-    def calls(self) -> int:
-        return self._call("GET", "state")["calls"]
 
 
 @dataclass

@@ -31,13 +31,38 @@ def topology(tmp: Path, events: bool = False) -> Topology:
     )
 
 
+class SilentPeer:
+    """b as a bare ROUTER: it reads requests and answers a ping only while `answering`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.bind(topology(tmp).endpoints["b"])
+        self.answering = False
+        self.seen: list[str] = []  # the id of each request received
+
+    async def run(self) -> None:
+        try:
+            while True:
+                ident, frame = await self.sock.recv_multipart()
+                env = unpack(frame)
+                self.seen.append(env.id)
+                if self.answering:
+                    pong = {"name": "b", "pid": 0, "text": env.body.get("text", "")}
+                    await self.sock.send_multipart([ident, env.reply(pong, "pong").pack()])
+        finally:
+            self.sock.close(linger=0)
+            self.ctx.term()
+
+
 async def test_breaker_opens_fails_fast_probes_and_closes(tmp_path: Path) -> None:
     policy = ChannelPolicy(failure_threshold=2, reset_timeout_s=0.3)
     client = Bus("a", topology(tmp_path), bind=False, policy=policy)
-    server = Service("b")
+    peer = SilentPeer(tmp_path)
     async with anyio.create_task_group() as tg:
         tg.start_soon(client.run)
-        for _ in range(2):  # b is not running: two timeouts open the breaker
+        tg.start_soon(peer.run)
+        for _ in range(2):  # b is there but does not answer: two timeouts open the breaker
             with pytest.raises(RequestTimeout):
                 await client.request("b", Ping(), timeout=0.1)
         ch = client.channel("b")
@@ -45,13 +70,88 @@ async def test_breaker_opens_fails_fast_probes_and_closes(tmp_path: Path) -> Non
         with anyio.fail_after(0.05):  # fails fast: no waiting for a timeout
             with pytest.raises(BreakerOpen):
                 await client.request("b", Ping(), timeout=5)
-        tg.start_soon(server.run, RuntimeContext("b", topology(tmp_path), tmp_path))
+        peer.answering = True
         await anyio.sleep(0.35)  # the reset timeout passes: the next call is the probe
         reply = await client.request("b", Ping("probe"), timeout=2)
         assert reply.body["text"] == "probe"
         assert ch.breaker.state is BreakerState.CLOSED
         snap = ch.snapshot()
         assert (snap["failed"], snap["breaker"]) == (2, "closed")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_request_to_a_peer_not_yet_running_waits_for_it_and_is_answered(
+    tmp_path: Path,
+) -> None:
+    client = Bus("a", topology(tmp_path), bind=False)
+    server = Service("b")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        with pytest.raises(RequestTimeout):  # not there within the deadline: a timeout
+            await client.request("b", Ping(), timeout=0.1)
+
+        async def start_late() -> None:
+            await anyio.sleep(0.5)
+            await server.run(RuntimeContext("b", topology(tmp_path), tmp_path))
+
+        tg.start_soon(start_late)
+        reply = await client.request("b", Ping("late"), timeout=10)
+        assert reply.body["text"] == "late"
+        server.stop()
+        tg.cancel_scope.cancel()
+
+
+async def test_a_peer_that_goes_away_mid_request_is_asked_again_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The same request (same id) reaches the successor, which answers it; the breaker
+    counts the loss against no one."""
+    client = Bus("a", topology(tmp_path), bind=False)
+    first, second = SilentPeer(tmp_path), None
+    result: list[Envelope] = []
+
+    async def ask() -> None:
+        result.append(await client.request("b", Ping("again"), timeout=10))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        async with anyio.create_task_group() as first_life:
+            first_life.start_soon(first.run)
+            tg.start_soon(ask)
+            with anyio.fail_after(5):
+                while not first.seen:
+                    await anyio.sleep(0.01)
+            first_life.cancel_scope.cancel()  # b dies before answering
+        await anyio.sleep(0.3)
+        second = SilentPeer(tmp_path)
+        second.answering = True
+        tg.start_soon(second.run)
+        with anyio.fail_after(5):
+            while not result:
+                await anyio.sleep(0.01)
+        assert result[0].body["text"] == "again"
+        assert second.seen[-1] == first.seen[0], "the same request, asked again"
+        ch = client.channel("b")
+        assert ch.breaker.state is BreakerState.CLOSED and ch.breaker.failures == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_peer_that_comes_back_is_judged_afresh_with_its_breaker_closed(
+    tmp_path: Path,
+) -> None:
+    policy = ChannelPolicy(failure_threshold=1, reset_timeout_s=60)
+    client = Bus("a", topology(tmp_path), bind=False, policy=policy)
+    server = Service("b")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        with pytest.raises(RequestTimeout):
+            await client.request("b", Ping(), timeout=0.1)
+        ch = client.channel("b")
+        assert ch.breaker.state is BreakerState.OPEN  # for a minute, were it not for...
+        tg.start_soon(server.run, RuntimeContext("b", topology(tmp_path), tmp_path))
+        with anyio.fail_after(5):  # ... the new process connecting: not a long refusal
+            reply = await client.request("b", Ping("back"), timeout=5)
+        assert reply.body["text"] == "back"
         server.stop()
         tg.cancel_scope.cancel()
 
@@ -175,8 +275,10 @@ async def test_plain_events_reach_subscribers_in_order(tmp_path: Path) -> None:
 async def test_a_cancelled_probe_does_not_leave_the_breaker_half_open(tmp_path: Path) -> None:
     policy = ChannelPolicy(failure_threshold=1, reset_timeout_s=0.1)
     client = Bus("a", topology(tmp_path), bind=False, policy=policy)
+    peer = SilentPeer(tmp_path)
     async with anyio.create_task_group() as tg:
         tg.start_soon(client.run)
+        tg.start_soon(peer.run)
         with pytest.raises(RequestTimeout):
             await client.request("b", Ping(), timeout=0.05)
         await anyio.sleep(0.15)

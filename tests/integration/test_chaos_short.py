@@ -11,17 +11,20 @@ import asyncio
 
 from bench.chaos import chaos
 
-SERVICES = ["gateway", "persistence", "llm", "heartbeat", "stats", "presence", "scheduler"]
+# The llm and the gateway first: what answers and what sends them.
+SERVICES = ["llm", "gateway", "persistence", "heartbeat", "stats", "presence", "scheduler"]
 
 
-def test_killing_every_service_and_the_supervisor_loses_and_doubles_nothing() -> None:
+def test_killing_every_service_and_the_supervisor_loses_doubles_and_leaves_unanswered_nothing() -> (
+    None
+):
     report = asyncio.run(
         chaos(
-            duration=16,
+            duration=18,
             rate=60,
-            kill_every=2,
+            kill_every=(2.0, 2.5),
             mention_every=1,
-            command_every=2,
+            command_every=1,
             kill_order=SERVICES,
             settle_s=40,
         )
@@ -30,6 +33,11 @@ def test_killing_every_service_and_the_supervisor_loses_and_doubles_nothing() ->
     assert report["supervisor_kill"] and report["supervisor_kill"]["orphans"] == 0
     assert report["messages"]["missing"] == 0, report["messages"]
     assert report["messages"]["duplicated"] == 0, report["messages"]
-    assert report["mentions"]["answered_twice"] == 0, report["mentions"]
+    mentions, asks = report["mentions"], report["asks"]
+    assert mentions["posted"] and asks["run"], report
+    assert mentions["answered_in_full"] == mentions["posted"], mentions
+    assert mentions["answered_twice"] == 0, mentions
+    assert asks["answered_in_full"] == asks["run"], asks
+    assert asks["answered_twice"] == 0, asks
     assert report["slash_commands"]["unanswered"] == 0, report["slash_commands"]
     assert report["not_recovered"] == [], report

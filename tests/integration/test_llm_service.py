@@ -5,6 +5,7 @@ recording what they were sent."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -33,11 +34,13 @@ from protocol.discord import (
 from protocol.messages import ApplySettings, Outcome, Ping
 from protocol.runtime import RuntimeContext, Service
 from protocol.store import LlmExchange, RecentMessages, ReplyChain, UsageRequest
-from sandbox.openai_standin import OpenAIStandin, answer_for
+from sandbox.openai_standin import OpenAIStandin, answer_for, long_answer
 from services.llm import build
 from services.llm.messages import LlmStats, StatsRequest
 from services.llm.outcomes import Outcome as Answered
+from services.llm.pending import MESSAGE, PendingQuestions, Question, part_nonce
 from services.llm.service import LATE_NOTE
+from services.llm.stream import split_message
 from tests.support.fakes import (
     BOT_USER,
     CHANNELS,
@@ -93,12 +96,14 @@ class World:
     async def mention(self, text: str, **kw: Any) -> MessageCreated:
         return await self.say(f"<@{BOT}> {text}", mentions_bot=True, **kw)
 
-    async def answered(self, msg: MessageCreated, timeout: float = 10) -> LlmExchange:
-        """Waits for the exchange record: published once the answer is fully shown."""
+    async def answered(self, msg: MessageCreated | str, timeout: float = 10) -> LlmExchange:
+        """Waits for the exchange record (of a message, or an interaction by id):
+        published once the answer is fully shown."""
+        key = msg if isinstance(msg, str) else msg.id
         with anyio.fail_after(timeout):
-            while msg.id not in self.store.exchanges:
+            while key not in self.store.exchanges:
                 await anyio.sleep(0.01)
-        return self.store.exchanges[msg.id]
+        return self.store.exchanges[key]
 
     async def command(
         self, name: str, user: str = "100", tier: Tier = Tier.MEMBER, **options: Any
@@ -114,7 +119,19 @@ class World:
             tier=tier.value,
             deferred=True,
         )
-        return await self.gateway.service.call("llm", cmd, timeout=20)
+        return await self.shown(cmd)
+
+    async def shown(self, cmd: CommandInvoked) -> CommandAnswer:
+        """The command's answer, or what its original response shows once the answer the
+        llm took on (`later`) is complete."""
+        answer = await self.gateway.service.call("llm", cmd, timeout=20)
+        if not answer.later:
+            return answer
+        await self.answered(cmd.interaction_id, timeout=20)
+        edits = [
+            e for e in self.gateway.of(EditInteraction) if e.interaction_id == cmd.interaction_id
+        ]
+        return CommandAnswer(edits[-1].content or "")
 
     async def stats(self) -> LlmStats:
         return await self.gateway.service.call("llm", StatsRequest(), timeout=5)
@@ -130,7 +147,12 @@ class World:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, store: bool = True, **settings: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    store: bool = True,
+    gateway: StreamingGateway | None = None,
+    **settings: Any,
 ) -> AsyncIterator[World]:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -148,7 +170,7 @@ async def running(
     async with OpenAIStandin(port=0, api_key=KEY) as llm:
         service, _ = build()
         config = {**FAST, "base_url": llm.base_url, **settings}
-        world = World(llm, service, StreamingGateway(), ConversationStore(), config)
+        world = World(llm, service, gateway or StreamingGateway(), ConversationStore(), config)
         services = [world.service, world.gateway.service]
         if store:
             services.append(world.store.service)
@@ -625,3 +647,89 @@ async def test_an_endless_stream_is_cut_at_max_answer_chars_and_the_service_goes
         assert record.outcome == "ok"
         fine = await world.mention("still there?")
         assert (await world.answered(fine)).outcome == "ok"
+
+
+# --- questions survive the llm: at least once, shown once --------------------------------
+
+
+def left_open(world_dir: Path, *questions: Question) -> None:
+    """What a killed llm process left in its questions file."""
+    (world_dir / "llm").mkdir(parents=True, exist_ok=True)
+    store = PendingQuestions(world_dir / "llm" / "llm-questions.sqlite3")
+    for q in questions:
+        assert store._accept(q)
+        for i, part in enumerate(q.parts):
+            store._part_sent(q.id, i, part)
+    store.close()
+
+
+def asked(id: str, text: str, at: float) -> MessageCreated:
+    return MessageCreated(
+        id=id,
+        channel_id=GENERAL,
+        guild_id=GUILD,
+        author_id="100",
+        author_name="ann",
+        author_bot=False,
+        content=f"<@{BOT}> {text}",
+        created_at=at,
+        mentions_bot=True,
+    )
+
+
+async def test_questions_a_killed_llm_left_open_are_answered_and_old_ones_get_one_apology(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    young, old = asked("9001", "still there?", now - 5), asked("9002", "hello?", now - 3600)
+    left_open(
+        tmp_path,
+        Question(young.id, MESSAGE, young.to_body(), young.created_at),
+        Question(old.id, MESSAGE, old.to_body(), old.created_at),
+    )
+    async with running(tmp_path, monkeypatch, pending_max_age_s=600) as world:
+        assert (await world.answered(young)).outcome == "ok"
+        assert (await world.answered(old)).outcome == "too_late"
+        sends = {s.reply_to_id: s for s in world.gateway.of(SendMessage)}
+        assert set(sends) == {young.id, old.id}, "one message each"
+        assert sends[young.id].nonce == part_nonce(young.id, 0)
+        assert sends[old.id].content == Answered.TOO_LATE.message()
+        assert [c.messages[-1]["content"] for c in world.llm.calls] == ["still there?"]
+        # Both are closed: a redelivery of either (Discord replaying them) is not answered.
+        await world.gateway.service.publish(young)
+        await world.gateway.service.publish(old)
+        after = await world.mention("and now?")
+        assert (await world.answered(after)).outcome == "ok"  # the lane handled them first
+        assert len(world.gateway.of(SendMessage)) == 3
+
+
+async def test_a_resumed_answer_edits_the_parts_already_posted_and_posts_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = asked("9101", "!long 3000", time.time())
+    gateway = StreamingGateway()
+    posted = ["4001", "4002"]  # what the killed process had posted of its answer
+    for i, message_id in enumerate(posted):
+        gateway.messages[message_id] = SendMessage(GENERAL, f"part {i}, cut short")
+    left_open(tmp_path, Question(msg.id, MESSAGE, msg.to_body(), msg.created_at, parts=posted))
+    async with running(tmp_path, monkeypatch, gateway=gateway, edit_interval_s=0.02) as world:
+        assert (await world.answered(msg)).outcome == "ok"
+        assert world.gateway.of(SendMessage) == [], "nothing posted again"
+        last = {e.message_id: e.content for e in world.gateway.of(EditMessage)}
+        assert [last[i] for i in posted] == split_message(long_answer(3000))
+
+
+async def test_an_ask_asked_again_is_taken_on_and_answered_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway asks again when the llm died before replying: taken on once."""
+    async with running(tmp_path, monkeypatch) as world:
+        world.llm.update_settings(token_delay_s=0.02)
+        cmd = CommandInvoked("7001", "ask", {"prompt": "once"}, "100", "ann", GENERAL, GUILD)
+        cmd = dataclasses.replace(cmd, deferred=True)
+        first = await world.gateway.service.call("llm", cmd, timeout=10)
+        again = await world.gateway.service.call("llm", cmd, timeout=10)
+        assert first.later and again.later, "taken on: the llm finishes the response itself"
+        assert (await world.answered(cmd.interaction_id)).outcome == "ok"
+        assert len(world.llm.calls) == 1
+        assert world.gateway.of(EditInteraction)[-1].content == expected(world)

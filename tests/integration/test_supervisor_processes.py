@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.channel import PeerGone, RequestTimeout
+from protocol.channel import MAX_PEER_LOSSES, PeerGone, RequestTimeout
 from protocol.messages import Ping
 from tests.support.harness import Running, alive, wait_for
 from tests.support.services.messages import Misbehave
@@ -60,11 +60,22 @@ def test_kill_9_is_restarted_at_once_and_serves_again(bot: Running) -> None:
     assert bot.call("echo", Ping("hi"))["pid"] == new["pid"]
 
 
-def test_a_request_to_a_service_that_dies_fails_at_once_not_at_its_timeout(
+def test_a_request_to_a_service_that_dies_is_answered_by_its_restarted_successor(
+    bot: Running,
+) -> None:
+    old = bot.service("echo")
+    bot.call("echo", Misbehave("crash_once"), timeout=15)  # answered: no exception
+    new = bot.service("echo")
+    assert new["pid"] != old["pid"] and new["restarts"] == 1
+
+
+def test_a_request_that_kills_its_service_each_time_is_given_up_well_before_its_timeout(
     bot: Running,
 ) -> None:
     with pytest.raises(PeerGone):
-        bot.call("echo", Misbehave("crash"), timeout=30)  # PeerGone, well before 30 s
+        bot.call("echo", Misbehave("crash"), timeout=60)
+    # Asked MAX_PEER_LOSSES times, not until the deadline (nor until the service is FATAL).
+    assert bot.wait_state("echo", "RUNNING")["restarts"] == MAX_PEER_LOSSES
 
 
 def test_a_hung_service_is_killed_and_restarted(bot: Running) -> None:
@@ -110,8 +121,7 @@ def test_a_flapping_service_goes_fatal_after_the_intensity_limit(tmp_path: Path)
         pid = None
         for _ in range(4):
             pid = bot.wait_state("echo", "RUNNING", pid_not=pid)["pid"]
-            with pytest.raises(RequestTimeout):
-                bot.call("echo", Misbehave("crash"), timeout=0.5)
+            os.kill(pid, signal.SIGKILL)
             wait_for(lambda pid=pid: not alive(pid), 5)
         fatal = bot.wait_state("echo", "FATAL", timeout=5)
         assert fatal["pid"] is None and fatal["restarts"] == 3

@@ -330,10 +330,8 @@ class FakeSupervisor:
         self.service.request(RestartRequest)(self.restart)
         self.service.setup(self.publish)
 
-    def status(self, changed: list[str] | None = None) -> SupervisorStatus:
-        return SupervisorStatus(
-            copy.deepcopy(self.supervisor), copy.deepcopy(self.services), changed or []
-        )
+    def status(self) -> SupervisorStatus:
+        return SupervisorStatus(copy.deepcopy(self.supervisor), copy.deepcopy(self.services))
 
     def change(self, name: str, **changes: Any) -> None:
         """Edit a service's status without telling anyone (e.g. while nobody listens)."""
@@ -344,10 +342,10 @@ class FakeSupervisor:
     async def set(self, name: str, **changes: Any) -> None:
         """Edit a service's status and push it, as the supervisor does at a transition."""
         self.change(name, **changes)
-        await self.publish([name])
+        await self.publish()
 
-    async def publish(self, changed: list[str] | None = None) -> None:
-        await self.service.publish(self.status(changed))
+    async def publish(self) -> None:
+        await self.service.publish(self.status())
 
     async def status_request(self, _: StatusRequest) -> SupervisorStatus:
         return self.status()

@@ -165,3 +165,28 @@ class Sandbox(Running):
             return []  # not created yet
         finally:
             con.close()
+
+
+class Standin:
+    """The OpenAI stand-in's control API (it runs inside the sandbox's supervisor)."""
+
+    def __init__(self, llm_url: str) -> None:
+        self.base = llm_url.removesuffix("/v1") + "/_control/"
+
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> None:
+        self._call("POST", "reset", {})
+
+    def settings(self, **changes: Any) -> None:
+        self._call("POST", "settings", changes)
+
+    def faults(self, *faults: dict[str, Any]) -> None:
+        self._call("POST", "faults", list(faults))
+
+    def calls(self) -> int:
+        return self._call("GET", "state")["calls"]

@@ -180,3 +180,43 @@ async def test_rename_and_create_channel_dispatch_events(
         ]
         alice = await guild.fetch_member(int(w.user_id("alice")))
         assert alice.name == "alice" and [r.id for r in alice.roles][-1] == int(w.admin_role_id)
+
+
+async def test_a_repeated_nonce_with_enforce_nonce_returns_the_existing_message(
+    emu: DiscordEmulator, control: Control
+) -> None:
+    """As Discord: the same author's nonce within minutes gives back the message already
+    created (as it shows now), posts and dispatches nothing; without enforce_nonce, or
+    once the nonce is old, a create creates."""
+    bot = make_bot()
+    events = Events(bot, "message")
+    w = emu.world
+    general = w.channel_id("general")
+    async with running_bot(emu, bot):
+        first = await bot.http.send_message(general, "part one", nonce="q1-0", enforce_nonce=True)
+        await bot.http.edit_message(general, first["id"], content="part one, edited")
+        again = await bot.http.send_message(
+            general, "part one, retried", nonce="q1-0", enforce_nonce=True
+        )
+        assert again["id"] == first["id"]
+        assert again["content"] == "part one, edited", "the message as it shows now"
+        assert again["nonce"] == "q1-0"
+        unenforced = await bot.http.send_message(general, "no enforce", nonce="q1-0")
+        assert unenforced["id"] != first["id"]
+        await control.ok("POST", "clock", {"advance_s": 600})
+        later = await bot.http.send_message(general, "much later", nonce="q9-0", enforce_nonce=True)
+        stale = await bot.http.send_message(general, "stale", nonce="q1-0", enforce_nonce=True)
+        assert stale["id"] not in (first["id"], unenforced["id"], later["id"])
+        msgs = await control.ok("GET", f"channels/{general}/messages")
+        assert [m["content"] for m in msgs] == [
+            "part one, edited",
+            "no enforce",
+            "much later",
+            "stale",
+        ]
+        await events.wait("message", lambda m: m.id == int(stale["id"]))
+        created = [m.id for (m,) in events.seen["message"]]
+        assert created.count(int(first["id"])) == 1, "dispatched once"
+        with pytest.raises(discord.HTTPException) as refused:
+            await bot.http.send_message(general, "x", nonce="n" * 26, enforce_nonce=True)
+        assert (refused.value.status, refused.value.code) == (400, 50035)

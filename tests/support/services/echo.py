@@ -65,6 +65,12 @@ def build(clock: Clock | None = None) -> tuple[Service, Echo]:
     async def misbehave(msg: Misbehave) -> Done:
         if msg.how == "crash":
             os._exit(3)
+        if msg.how == "crash_once":  # the first process asked dies; its successor answers
+            assert service.ctx is not None
+            marker = service.ctx.data_dir / f"{service.ctx.name}-crashed-once"
+            if not marker.exists():
+                marker.touch()
+                os._exit(3)
         if msg.how == "hang":
             time.sleep(3600)  # noqa: ASYNC251 - deliberately blocks the loop: heartbeats stop
         if msg.how == "grow":

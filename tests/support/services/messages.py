@@ -35,7 +35,7 @@ class Produce(Request[Produced]):
 @message("test.misbehave")
 @dataclass(frozen=True, slots=True)
 class Misbehave(Request[Done]):
-    how: str  # crash | hang | grow
+    how: str  # crash | crash_once | hang | grow
     mb: int = 0
 
 

@@ -175,3 +175,16 @@ def test_interaction_messages_ping_nobody_and_fit_discord() -> None:
     assert len(data["content"]) == 2000
     assert data["allowed_mentions"] == {"parse": []}
     assert data["flags"] == EPHEMERAL
+
+
+def test_admin_commands_need_manage_server_in_discord_unless_owners_or_roles_are_set() -> None:
+    hidden = {c["name"]: c for c in command_payload(["restart", "ask"])}
+    assert hidden["restart"]["default_member_permissions"] == "32"
+    assert "default_member_permissions" not in hidden["ask"]
+    shown = {c["name"]: c for c in command_payload(["restart"], hide_from_members=False)}
+    assert "default_member_permissions" not in shown["restart"]
+
+
+def test_help_in_a_dm_lists_only_what_runs_there_even_for_an_owner() -> None:
+    text = help_text(Tier.OWNER, {"llm", "heartbeat", "gateway", "stats"}, in_guild=False)
+    assert "/ask" in text and "/restart" not in text and "/stats" not in text
