@@ -38,6 +38,7 @@ def test_round_trip_keeps_every_field() -> None:
         (Envelope(Kind.EVENT, "t", "s", body={"x": "y" * 2_000_000}).pack(), "oversized"),
         (Envelope(Kind.EVENT, "t", "s").pack()[:-3], "malformed"),  # truncated
     ],
+    ids=["bad-byte", "empty", "map", "version", "kind", "body", "oversized", "truncated"],
 )
 def test_bad_frames_are_rejected_with_a_reason(frame: bytes, reason: str) -> None:
     with pytest.raises(FrameError) as info:
