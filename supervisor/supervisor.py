@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import psutil
@@ -44,9 +44,11 @@ from protocol.messages import (
 from protocol.runtime import EXIT_CONFIG
 from supervisor.config import CLOCK_OFFSET_ENV, Config, ConfigError, load
 from supervisor.effects import Child, Effects, OSEffects, child_argv, child_env
-from supervisor.metrics import Metrics, MetricsServer
 from supervisor.notify import Notifier
 from supervisor.process import ServiceProcess, State
+
+if TYPE_CHECKING:
+    from supervisor.metrics import Metrics, MetricsServer
 
 MONITOR_TICK_S = 0.25
 STATUS_EVERY_S = 5.0  # besides every state change: RSS and breakers move too
@@ -71,9 +73,14 @@ class Supervisor:
         self.watchers: list[Callable[[dict[str, Any]], None]] = []
         for proc in self.procs.values():
             proc.on_transition = self._transitioned
-        self.metrics = Metrics(self.status)
+        self.metrics: Metrics | None = None
+        self.metrics_server: MetricsServer | None = None
         address = config.supervisor.metrics_address
-        self.metrics_server = MetricsServer(self.metrics, address) if address else None
+        if address:  # prometheus_client and aiohttp are imported only when served
+            from supervisor.metrics import Metrics, MetricsServer
+
+            self.metrics = Metrics(self.status)
+            self.metrics_server = MetricsServer(self.metrics, address)
         self.exit_code = 0
         self._children: dict[str, Child] = {}
         self._gone: dict[str, anyio.Event] = {}
@@ -358,7 +365,7 @@ class Supervisor:
                 proc.heartbeat(now)
                 proc.channels = msg.channels
                 proc.figures = msg.figures
-            else:
+            elif self.metrics is not None:
                 self.metrics.observe(msg)  # what [supervisor] subscribes brings
 
     async def _on_request(self, env: Envelope, reply: Reply) -> None:

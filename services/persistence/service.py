@@ -206,39 +206,46 @@ class Persistence:
             self._max_pages_applied = self._max_pages
         return self.store, self.journal
 
-    def _journal_once(
-        self, journal: Journal, type_name: str, bodies: list[dict[str, Any]]
-    ) -> list[int]:
-        """Journal the bodies not journaled already by a refused attempt; their keys."""
-        keys = [hash((type_name, to_json(body))) for body in bodies]
-        fresh = [b for b, k in zip(bodies, keys, strict=True) if k not in self._unstored]
-        if fresh:
-            journal.append(type_name, fresh, self.clock.wall())
-        return keys
+    @staticmethod
+    def _key(type_name: str, body: dict[str, Any]) -> int:
+        return hash((type_name, to_json(body)))
 
-    def _committing(self, keys: list[int], commit: Callable[[], T]) -> T:
+    def _journal_once(self, journal: Journal, type_name: str, bodies: list[dict[str, Any]]) -> None:
+        """Journal the bodies not journaled already by a refused attempt. (Keys are only
+        computed while something was refused: the usual write serialises each body once.)"""
+        if self._unstored:
+            bodies = [b for b in bodies if self._key(type_name, b) not in self._unstored]
+        if bodies:
+            journal.append(type_name, bodies, self.clock.wall())
+
+    def _committing(
+        self, type_name: str, bodies: list[dict[str, Any]], commit: Callable[[], T]
+    ) -> T:
         try:
             result = commit()
         except DatabaseUnavailable:
             if len(self._unstored) > MAX_UNSTORED:
                 self._unstored.clear()  # at worst, lines journaled twice: replay is idempotent
-            self._unstored.update(keys)
+            self._unstored.update(self._key(type_name, b) for b in bodies)
             raise
-        self._unstored.difference_update(keys)
+        if self._unstored:
+            self._unstored.difference_update(self._key(type_name, b) for b in bodies)
         return result
 
     def _write(self, events: list[Message]) -> None:
         store, journal = self._ready()
         type_name = events[0].TYPE
-        keys = self._journal_once(journal, type_name, [e.to_body() for e in events])
-        result = self._committing(keys, lambda: store.apply(type_name, events))
+        bodies = [e.to_body() for e in events]
+        self._journal_once(journal, type_name, bodies)
+        result = self._committing(type_name, bodies, lambda: store.apply(type_name, events))
         if result.skipped:
             logger.warning("{}: {} stored, {} skipped", type_name, result.stored, result.skipped)
 
     def _kv_set(self, req: KvSet) -> bool:
         store, journal = self._ready()
-        keys = self._journal_once(journal, KvSet.TYPE, [req.to_body()])
-        return self._committing(keys, lambda: store.kv_set(req))
+        bodies = [req.to_body()]
+        self._journal_once(journal, KvSet.TYPE, bodies)
+        return self._committing(KvSet.TYPE, bodies, lambda: store.kv_set(req))
 
     def queries(self) -> Store:
         if self.store is None:

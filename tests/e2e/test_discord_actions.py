@@ -33,7 +33,7 @@ from protocol.discord import (
 )
 from sandbox.openai_standin import long_answer
 from tests.support.harness import wait_for
-from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox
+from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, running_sandbox
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,14 +63,8 @@ WEBHOOK_MESSAGE = "/webhooks/{app_id}/{token}/messages/{message_id}"
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path_factory.mktemp("discord-actions"), TOML)
-    try:
-        sandbox.wait_all_running()
-        sandbox.wait_connected()
-        wait_for(lambda: sandbox.get("commands")["global"], 20, "the slash commands")
-        yield sandbox
-    finally:
-        sandbox.cleanup()
+    with running_sandbox(tmp_path_factory.mktemp("discord-actions"), TOML, commands=True) as box:
+        yield box
 
 
 @pytest.fixture(autouse=True)

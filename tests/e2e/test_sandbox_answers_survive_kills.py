@@ -20,7 +20,7 @@ import pytest
 from sandbox.openai_standin import long_answer
 from services.llm.stream import split_message
 from tests.support.harness import wait_for
-from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, Standin
+from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, Standin, running_sandbox
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,13 +47,8 @@ SLOW = {"kind": "slow_stream", "token_delay_s": 0.3}
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path_factory.mktemp("sandbox-kills"), TOML)
-    try:
-        sandbox.wait_all_running()
-        sandbox.wait_connected()
-        yield sandbox
-    finally:
-        sandbox.cleanup()
+    with running_sandbox(tmp_path_factory.mktemp("sandbox-kills"), TOML) as box:
+        yield box
 
 
 @pytest.fixture

@@ -9,19 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.harness import wait_for
-from tests.support.sandbox import Sandbox
+from tests.support.sandbox import Sandbox, running_sandbox
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path_factory.mktemp("commands"))
-    try:
-        box.wait_all_running()
-        box.wait_connected()
-        wait_for(lambda: box.get("commands")["global"], 10, "commands registered")
+    with running_sandbox(tmp_path_factory.mktemp("commands"), commands=True) as box:
         yield box
-    finally:
-        box.cleanup()
 
 
 def run(box: Sandbox, user: str, name: str, **options: str) -> dict:

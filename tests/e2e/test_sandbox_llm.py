@@ -22,7 +22,7 @@ from protocol.discord import NO_PINGS
 from sandbox.openai_standin import long_answer
 from services.llm.messages import StatsRequest
 from tests.support.harness import Running, wait_for
-from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, Standin
+from tests.support.sandbox import FAST_CORE, LLM_TABLE, Sandbox, Standin, running_sandbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,13 +82,8 @@ class Bot:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    box = Sandbox(tmp_path_factory.mktemp("sandbox-llm"), TOML)
-    try:
-        box.wait_all_running()
-        box.wait_connected()
+    with running_sandbox(tmp_path_factory.mktemp("sandbox-llm"), TOML) as box:
         yield box
-    finally:
-        box.cleanup()
 
 
 @pytest.fixture

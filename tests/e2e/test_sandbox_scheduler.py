@@ -23,7 +23,7 @@ from icalendar import Calendar
 
 from protocol.messages import AdvanceClock
 from tests.support.harness import Running, wait_for
-from tests.support.sandbox import FAST_CORE, Sandbox
+from tests.support.sandbox import FAST_CORE, Sandbox, running_sandbox
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,14 +46,8 @@ CALLBACK = "/interactions/{interaction_id}/{token}/callback"
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path_factory.mktemp("scheduler"), TOML)
-    try:
-        sandbox.wait_all_running()
-        sandbox.wait_connected()
-        wait_for(lambda: sandbox.get("commands")["global"], 20, "the slash commands")
-        yield sandbox
-    finally:
-        sandbox.cleanup()
+    with running_sandbox(tmp_path_factory.mktemp("scheduler"), TOML, commands=True) as box:
+        yield box
 
 
 def run(box: Sandbox, user: str, name: str, /, **options: Any) -> dict[str, Any]:

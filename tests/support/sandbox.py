@@ -7,6 +7,8 @@ import socket
 import sqlite3
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +192,20 @@ class Standin:
 
     def calls(self) -> int:
         return self._call("GET", "state")["calls"]
+
+
+@contextmanager
+def running_sandbox(
+    tmp_path: Path, toml: str | None = None, commands: bool = False
+) -> Iterator[Sandbox]:
+    """A sandbox with every service RUNNING and the bot connected to the emulator (with
+    `commands`, its slash commands registered too), cleaned up on the way out."""
+    box = Sandbox(tmp_path, toml)
+    try:
+        box.wait_all_running()
+        box.wait_connected()
+        if commands:
+            wait_for(lambda: box.get("commands")["global"], 20, "the slash commands")
+        yield box
+    finally:
+        box.cleanup()
