@@ -50,10 +50,18 @@ class PeerGone(RequestTimeout):
 class RemoteError(Exception):
     """The peer answered with an error frame (bad request, unknown type, handler failure)."""
 
+    # Refusals that asking again cannot change (the others: unavailable, not_connected,
+    # timeout, rate_limited, a handler failing while a peer restarts...).
+    PERMANENT = frozenset({"bad_request", "forbidden", "unauthorized", "unknown_type", "bad_reply"})
+
     def __init__(self, peer: str, reason: str, detail: str) -> None:
         super().__init__(f"{peer}: {reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    @property
+    def permanent(self) -> bool:
+        return self.reason in self.PERMANENT
 
 
 # What a call to a peer that is down, restarting or failing raises: the caller's

@@ -46,7 +46,7 @@ import anyio
 from loguru import logger
 
 from protocol.bus import Bus, Reply, Topology, TransientError
-from protocol.channel import UNREACHABLE
+from protocol.channel import UNREACHABLE, RemoteError
 from protocol.clock import Clock
 from protocol.commands import CATALOGUE
 from protocol.discord import CommandAnswer, CommandInvoked
@@ -245,12 +245,16 @@ class Service:
         until: anyio.Event | None = None,
     ) -> T | None:
         """Retry with backoff (on this service's clock) while a peer is unreachable: it
-        may be starting or restarting. None if given up, or once `until` is set."""
+        may be starting or restarting. None if given up (a refusal that asking again
+        cannot change, e.g. bad_request, gives up at once), or once `until` is set."""
         delay, waited = 0.5, 0.0
         while until is None or not until.is_set():
             try:
                 return await call()
             except UNREACHABLE as exc:
+                if isinstance(exc, RemoteError) and exc.permanent:
+                    logger.warning("{}: refused ({}); not asked again", what, exc)
+                    return None
                 if give_up_after_s is not None and waited >= give_up_after_s:
                     logger.warning("{}: giving up for now ({})", what, exc)
                     return None

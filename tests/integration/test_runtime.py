@@ -13,6 +13,7 @@ import pytest
 
 from protocol.bus import Bus, Topology
 from protocol.channel import RemoteError
+from protocol.clock import fixed
 from protocol.commands import CATALOGUE, Command, declare
 from protocol.discord import CommandAnswer, CommandInvoked, GuildReady
 from protocol.messages import Done, Ping, Pong
@@ -135,3 +136,32 @@ async def test_a_subscriber_that_starts_late_gets_the_latest_retained_event(
             service.stop()
             await anyio.sleep(0.3)  # stopped: its socket is gone
         tg.cancel_scope.cancel()
+
+
+async def test_patiently_retries_a_restarting_peer_but_not_a_permanent_refusal() -> None:
+    service = Service("a", clock=fixed(1000.0))
+    calls: list[str] = []
+
+    async def refused() -> str:
+        calls.append("refused")
+        raise RemoteError("b", "bad_request", "no such thing")
+
+    async def unavailable_then_fine() -> str:
+        calls.append("try")
+        if len(calls) < 3:
+            raise RemoteError("b", "unavailable", "the database restarts")
+        return "fine"
+
+    async def advance_while_waiting() -> None:
+        while True:
+            await anyio.sleep(0.01)
+            service.clock.advance(1)
+
+    assert await service.patiently(refused, "refused") is None
+    assert calls == ["refused"]  # not asked again
+    calls.clear()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(advance_while_waiting)
+        assert await service.patiently(unavailable_then_fine, "flaky") == "fine"
+        tg.cancel_scope.cancel()
+    assert calls == ["try", "try", "try"]
