@@ -13,6 +13,7 @@ from anyio.abc import TaskGroup
 from protocol.clock import Clock
 from protocol.discord import Sent
 from protocol.messages import Message
+from protocol.runtime import Refused
 from services.gateway.connection import GatewayClient
 from services.gateway.guild_state import GuildState
 from services.gateway.interactions import Invocation
@@ -73,5 +74,8 @@ class Gateway:
             self.followups.popitem(last=False)
 
     def http(self) -> Any:
-        assert self.client is not None
+        """py-cord's HTTP client; refused (for the caller to retry) while the gateway is
+        still preparing it, just after a restart."""
+        if self.client is None:
+            raise Refused("not_connected", "the gateway is starting")
         return self.client.http

@@ -323,3 +323,11 @@ async def test_an_unknown_interaction_is_refused_not_found() -> None:
     assert refused.reason == "not_found"
     assert (await refusal(act.edit_interaction(EditInteraction("nope", "x")))).reason == "not_found"
     assert http.calls == []
+
+
+async def test_a_send_that_arrives_while_the_gateway_prepares_is_refused_not_connected() -> None:
+    act, _ = actions()
+    act.gw.client = None  # a request handled before prepare() built the client
+    with pytest.raises(Refused) as refused:
+        await act.send_message(SendMessage("200", "hi"))
+    assert refused.value.reason == "not_connected"
