@@ -76,9 +76,10 @@ class MessageDeleted(Message):
     deleted_at: float
 
 
-@message("discord.member.joined", durable=True)
 @dataclass(frozen=True, slots=True)
-class MemberJoined(Message):
+class Membership(Message):
+    """A member joining or leaving: the fields both events carry."""
+
     guild_id: str
     user_id: str
     username: str
@@ -87,35 +88,40 @@ class MemberJoined(Message):
     backfilled: bool = False  # found by comparing with Discord after a gap
 
 
+@message("discord.member.joined", durable=True)
+@dataclass(frozen=True, slots=True)
+class MemberJoined(Membership):
+    pass
+
+
 @message("discord.member.left", durable=True)
 @dataclass(frozen=True, slots=True)
-class MemberLeft(Message):
+class MemberLeft(Membership):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ban(Message):
+    """A ban given or lifted: the fields both events carry (Discord does not say whether
+    a banned user is a bot)."""
+
     guild_id: str
     user_id: str
     username: str
-    bot: bool
     at: float
     backfilled: bool = False  # found by comparing with Discord after a gap
 
 
 @message("discord.member.banned", durable=True)
 @dataclass(frozen=True, slots=True)
-class MemberBanned(Message):
-    guild_id: str
-    user_id: str
-    username: str
-    at: float
-    backfilled: bool = False  # found by comparing with Discord after a gap
+class MemberBanned(Ban):
+    pass
 
 
 @message("discord.member.unbanned", durable=True)
 @dataclass(frozen=True, slots=True)
-class MemberUnbanned(Message):
-    guild_id: str
-    user_id: str
-    username: str
-    at: float
-    backfilled: bool = False  # found by comparing with Discord after a gap
+class MemberUnbanned(Ban):
+    pass
 
 
 @message("discord.gap.backfilled", durable=True)
@@ -185,10 +191,9 @@ class GuildReady(Message):
     bot_user_id: str
 
 
-@message("discord.poll.vote_added", durable=True)
 @dataclass(frozen=True, slots=True)
-class PollVoteAdded(Message):
-    """MESSAGE_POLL_VOTE_ADD: `answer_id` is Discord's, 1-based in the order sent."""
+class PollVote(Message):
+    """`answer_id` is Discord's, 1-based in the order the answers were sent."""
 
     message_id: str
     channel_id: str
@@ -196,17 +201,18 @@ class PollVoteAdded(Message):
     user_id: str
     answer_id: int
     at: float
+
+
+@message("discord.poll.vote_added", durable=True)
+@dataclass(frozen=True, slots=True)
+class PollVoteAdded(PollVote):
+    """MESSAGE_POLL_VOTE_ADD."""
 
 
 @message("discord.poll.vote_removed", durable=True)
 @dataclass(frozen=True, slots=True)
-class PollVoteRemoved(Message):
-    message_id: str
-    channel_id: str
-    guild_id: str | None
-    user_id: str
-    answer_id: int
-    at: float
+class PollVoteRemoved(PollVote):
+    """MESSAGE_POLL_VOTE_REMOVE."""
 
 
 @message("discord.poll.ended", durable=True)
